@@ -1,0 +1,135 @@
+"""params.yaml, validated once into typed, frozen objects.
+
+Every knob of the pipeline lives in params.yaml, one section per stage. Unknown
+keys, wrong types and out-of-range values are errors that name the key, so a
+typo never silently falls back to a default. Each stage receives only the
+sections it lists under `params:` in dvc.yaml.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from transferkit.errors import TransferkitError
+
+BACKBONE_NAMES = (
+    "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+    "mobilenet_v2", "efficientnet_b0", "resnet50", "vgg16", "inception_v3",
+)
+
+
+class Section(BaseModel):
+    # frozen: stage code cannot change a knob behind params.yaml's back.
+    # extra="forbid": an unknown key (a typo) is an error, never ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    source: str = Field("data/sample", description="image folder (one sub-folder per class) or CSV/Parquet manifest")
+    seed: int = Field(42, ge=0, description="seed for the split and for every random init")
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    min_images_per_class: int = Field(3, ge=1, description="a class with fewer valid images stops the run")
+    min_image_side: int = Field(8, ge=1, description="pixels; smaller images are rejected")
+    max_image_pixels: int = Field(89_478_485, ge=1, description="larger images are rejected (decompression bombs)")
+
+
+class BackboneParams(Section):
+    name: Literal[BACKBONE_NAMES] = "efficientnet_lite0"  # type: ignore[valid-type]
+    weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a .weights.h5 file")
+    image_size: int = Field(128, ge=32, le=1024, description="pixels (square); images are resized to it")
+
+
+class ExtractParams(Section):
+    batch_size: int = Field(32, ge=1, le=4096)
+    shard_size: int = Field(1024, ge=1, description="embeddings per cache file; a kill loses at most one shard")
+
+
+class HeadParams(Section):
+    hidden_units: int = Field(0, ge=0, description="0 = a linear classifier on the embeddings")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(32, ge=1)
+    patience: int = Field(8, ge=1, description="epochs without val_loss improvement before stopping")
+    class_weights: Literal["balanced", "none"] = "balanced"
+
+
+class FinetuneParams(Section):
+    enabled: bool = True
+    unfreeze: int = Field(20, ge=0, description="top backbone layers made trainable (BatchNorm stays frozen)")
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    patience: int = Field(2, ge=1)
+    augment: bool = True
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(64, ge=1)
+    calibration_bins: int = Field(10, ge=2, le=100)
+
+
+class TrackingParams(Section):
+    experiment: str = Field("transferkit", min_length=1)
+    registered_model: str = Field("transferkit", min_length=1, description="MLflow model registry name")
+
+
+class Params(Section):
+    data: DataParams = DataParams()
+    backbone: BackboneParams = BackboneParams()
+    extract: ExtractParams = ExtractParams()
+    head: HeadParams = HeadParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The valid keys at the place `loc` points into (for 'did you mean')."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            break
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(Params, loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"{key}: unknown key{suggestion}; allowed here: {', '.join(allowed)}"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise TransferkitError naming every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise TransferkitError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n".join(f"  - {_describe(e)}" for e in exc.errors())
+        raise TransferkitError(f"{source}: invalid parameters:\n{lines}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TransferkitError(f"{path}: parameters file not found") from None
+    except yaml.YAMLError as exc:
+        raise TransferkitError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))

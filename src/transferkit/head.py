@@ -1,0 +1,80 @@
+"""The `train_head` stage: a new classifier trained on cached embeddings.
+
+The backbone never runs here: the embeddings were computed once by `extract`,
+so an epoch over thousands of images takes well under a second on a CPU. No
+augmentation (the embeddings are fixed); that is the price of the speed, and
+the fine-tune stage is where augmentation happens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from transferkit.config import HeadParams
+from transferkit.data import classes_of, load_manifest
+from transferkit.features import load_embeddings
+from transferkit.files import atomic_path, read_json, write_json
+from transferkit.training import NaNGuard, class_weights, compile_classifier, seed_everything, write_history
+
+
+def build_head(embedding_dim: int, n_classes: int, params: HeadParams):
+    """embedding -> [Dropout -> Dense(hidden, relu)] -> Dropout -> Dense(n_classes, softmax)."""
+    import keras
+
+    inputs = keras.Input((embedding_dim,), name="embedding")
+    x = inputs
+    if params.hidden_units:
+        x = keras.layers.Dropout(params.dropout, name="head_dropout_in")(x)
+        x = keras.layers.Dense(params.hidden_units, activation="relu", name="head_hidden")(x)
+    x = keras.layers.Dropout(params.dropout, name="head_dropout")(x)
+    # float32 output even under mixed precision: softmax in float16 loses probability mass.
+    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head_output")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def train_head(manifest_path: str | Path, features_dir: str | Path, model_path: str | Path,
+               history_path: str | Path, params: HeadParams, seed: int, tracker=None) -> dict:
+    import keras
+
+    seed_everything(seed)
+    manifest = load_manifest(manifest_path)
+    classes = classes_of(manifest)
+    train = manifest[manifest["split"] == "train"]
+    val = manifest[manifest["split"] == "val"]
+    x_train, current = load_embeddings(features_dir, train["sha256"].tolist())
+    y_train = train["label_index"].to_numpy(np.int32)
+    has_val = len(val) > 0
+    validation = None
+    if has_val:
+        x_val, _ = load_embeddings(features_dir, val["sha256"].tolist())
+        validation = (x_val, val["label_index"].to_numpy(np.int32))
+
+    model = build_head(current["embedding_dim"], len(classes), params)
+    compile_classifier(model, params.learning_rate)
+    monitor = "val_loss" if has_val else "loss"
+    callbacks = [
+        NaNGuard.callback("train_head"),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=params.patience, restore_best_weights=True),
+    ]
+    if tracker is not None:
+        callbacks.append(tracker.keras_callback())
+    history = model.fit(
+        x_train, y_train, validation_data=validation, epochs=params.epochs, batch_size=params.batch_size,
+        class_weight=class_weights(y_train, len(classes), params.class_weights),
+        callbacks=callbacks, shuffle=True, verbose=2)
+
+    rows = [{"epoch": i, **{k: float(v[i]) for k, v in history.history.items()}}
+            for i in range(len(history.history["loss"]))]
+    write_history(rows, history_path)
+    with atomic_path(model_path) as tmp:
+        model.save(tmp)
+    best = min(rows, key=lambda r: r[monitor])
+    return {
+        "epochs_run": len(rows),
+        "best_epoch": best["epoch"],
+        "train_accuracy": best["accuracy"],
+        "val_accuracy": best.get("val_accuracy"),
+        "val_loss": best.get("val_loss"),
+    }

@@ -1,0 +1,97 @@
+"""Reading images from disk: one decoder for every stage.
+
+Extraction, fine-tuning, evaluation and `predict` all turn a file into pixels
+through `load_rgb`, so an image is never preprocessed one way in training and
+another way in serving. What the backbone does to pixels (scaling, mean
+subtraction) lives inside the Keras model, not here: this module only decodes,
+applies the EXIF orientation, converts to RGB and resizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Bumped whenever load_rgb's output for the same file could change; part of the
+# embedding cache key so a change here never reuses stale embeddings.
+RESIZE_SPEC = "pil-exif-rgb-bilinear-squash-v1"
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class ImageRejected(Exception):
+    """The file is not a usable image; the message is the reason for the data report."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open(path: str | Path, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+    """Open and fully decode, turning every failure into ImageRejected.
+
+    draft_size: for JPEG, let libjpeg downscale by 2/4/8 while decoding when
+    the image is much larger than needed (much faster for big photos).
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between max_pixels and 2x max_pixels: make it an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.seek(0)  # animated GIF/WebP: the first frame
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()  # decode now, so truncated files fail here, not later
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"too large (decompression-bomb limit {max_pixels} pixels): {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(f"cannot decode: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright RGB: applies the EXIF orientation; alpha is composited on white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: scale to 8 bits instead of clipping at 255.
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        return Image.fromarray(np.round(array * (255.0 / peak)).astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")
+
+
+def inspect_image(path: str | Path, min_side: int, max_pixels: int) -> tuple[int, int]:
+    """Validate one file by decoding it; return (width, height) or raise ImageRejected."""
+    if Path(path).stat().st_size == 0:
+        raise ImageRejected("empty file (0 bytes)")
+    image = _open(path, max_pixels)
+    width, height = image.size
+    if min(width, height) < min_side:
+        raise ImageRejected(f"too small: {width}x{height} pixels (data.min_image_side is {min_side})")
+    return width, height
+
+
+def load_rgb(path: str | Path, size: int, max_pixels: int = 89_478_485) -> np.ndarray:
+    """Decode a file into a (size, size, 3) uint8 RGB array (the whole image, squashed to a square)."""
+    image = to_rgb(_open(path, max_pixels, draft_size=size))
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)

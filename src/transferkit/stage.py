@@ -1,0 +1,37 @@
+"""What every stage script does around its work: quiet TF logs, clean errors.
+
+A TransferkitError (bad data, bad params, missing input) is printed as one
+message and exits 1: no stack trace for problems the user can fix.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+
+def quiet_tensorflow() -> None:
+    """TF's C++ start-up chatter (oneDNN, CPU features) hides the real output."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def no_usage_reports() -> None:
+    """Pipelines often run offline: no usage-report calls home (a user can still set these)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def run(main: Callable[[], None], stage: str) -> None:
+    from transferkit.errors import TransferkitError
+
+    quiet_tensorflow()
+    no_usage_reports()
+    try:
+        main()
+    except TransferkitError as exc:
+        print(f"{stage}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{stage}: interrupted; completed work is kept, a rerun continues from it", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,196 @@
+"""Everything MLflow, in one module.
+
+One pipeline execution (`dvc repro` or `dvc exp run`) = one MLflow parent run
+carrying every parameter, the final test metrics, the plots and the model.
+Each stage that ran = one child run named after the stage, with its own
+parameters and per-epoch curves.
+
+Stages are separate processes, so they find their parent run by a key that
+is the same for all stages of one execution: the id of the `dvc` process that
+launched them (pid + start time) plus DVC_EXP_NAME when DVC runs an
+experiment. A stage run by hand (outside DVC) gets a parent of its own.
+
+The tracking URI is MLFLOW_TRACKING_URI when set (e.g. a team server),
+otherwise a sqlite file at the repo root (DVC_ROOT: also right for
+`dvc exp run --temp`, whose stages run in a temporary copy). Nothing here runs
+on import.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+PIPELINE_TAG = "transferkit.pipeline"
+STAGE_TAG = "transferkit.stage"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def _launcher_id() -> str:
+    """pid-starttime of the nearest `dvc` ancestor process, else of this process."""
+    me = psutil.Process()
+    for proc in me.parents():
+        try:
+            cmdline = proc.cmdline()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if any(Path(part).name == "dvc" for part in cmdline[:3]) or cmdline[1:3] == ["-m", "dvc"]:
+            return f"{proc.pid}-{int(proc.create_time() * 1000)}"
+    return f"{me.pid}-{int(me.create_time() * 1000)}"
+
+
+def pipeline_key() -> str:
+    return f"{os.environ.get('DVC_EXP_NAME', 'repro')}:{_launcher_id()}"
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+class StageRun:
+    """A child run for one stage, under the execution's parent run.
+
+        with StageRun("train_head", params, params.head.model_dump()) as run:
+            run.log_metrics({"val_accuracy": 0.9})
+    """
+
+    def __init__(self, stage: str, all_params: dict[str, Any], stage_params: dict[str, Any], experiment: str):
+        self.stage, self.all_params, self.stage_params, self.experiment = stage, all_params, stage_params, experiment
+        self.client = None
+        self.parent_id = self.run_id = None
+
+    # ---- lifecycle -----------------------------------------------------------------
+    def __enter__(self) -> "StageRun":
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
+        try:
+            experiment_id = self._experiment_id()
+        except Exception as exc:  # unreachable server, bad URI, locked database
+            from transferkit.errors import TransferkitError
+
+            raise TransferkitError(f"MLflow tracking store {uri} is not usable: {exc}") from None
+        self.experiment_id = experiment_id
+        self.parent_id = self._parent_run(experiment_id)
+        child = self.client.create_run(
+            experiment_id, run_name=self.stage,
+            tags={PARENT_TAG: self.parent_id, STAGE_TAG: self.stage, PIPELINE_TAG: pipeline_key()})
+        self.run_id = child.info.run_id
+        self.log_params({k: v for k, v in flatten(self.stage_params).items()})
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        status = "FINISHED" if exc_type is None else "FAILED"
+        self.client.set_terminated(self.run_id, status=status)
+        if exc_type is not None:
+            self.client.set_terminated(self.parent_id, status="FAILED")
+
+    def finish_pipeline(self) -> None:
+        """The last stage closes the parent run."""
+        self.client.set_terminated(self.parent_id, status="FINISHED")
+
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        artifact_location = None
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            # Local store: keep artifacts next to mlflow.db at the repo root, not in
+            # whatever directory the first stage happened to run in.
+            artifact_location = (repo_root() / "mlruns" / self.experiment).as_uri()
+        return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
+
+    def _parent_run(self, experiment_id: str) -> str:
+        key = pipeline_key()
+        found = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`{STAGE_TAG}` = 'pipeline'",
+            max_results=1)
+        if found:
+            return found[0].info.run_id
+        name = os.environ.get("DVC_EXP_NAME") or time.strftime("repro-%Y%m%d-%H%M%S")
+        tags = {PIPELINE_TAG: key, STAGE_TAG: "pipeline"}
+        commit = _git_commit(repo_root())
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        if os.environ.get("DVC_EXP_BASELINE_REV"):
+            tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+        parent = self.client.create_run(experiment_id, run_name=name, tags=tags)
+        self._log_params(parent.info.run_id, flatten(self.all_params))
+        return parent.info.run_id
+
+    # ---- logging -------------------------------------------------------------------
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._log_params(self.run_id, params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, parent: bool = False) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        self.client.log_batch(self.parent_id if parent else self.run_id, metrics=items)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None, parent: bool = False) -> None:
+        self.client.log_artifact(self.parent_id if parent else self.run_id, str(path), artifact_path)
+
+    def keras_callback(self):
+        """A Keras callback logging every epoch's logs (loss, accuracy, val_*) as curves."""
+        import keras
+
+        run = self
+
+        class EpochLogger(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                run.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch)
+
+        return EpochLogger()
+
+    def log_model(self, model, signature, pip_requirements: list[str], registered_name: str,
+                  extra_files: list[str | Path]) -> str:
+        """Log the final Keras model on the parent run and register it; returns the model URI."""
+        import mlflow
+
+        with mlflow.start_run(run_id=self.parent_id, experiment_id=self.experiment_id):
+            info = mlflow.keras.log_model(
+                model, name="model", signature=signature, pip_requirements=pip_requirements,
+                registered_model_name=registered_name)
+            for path in extra_files:
+                mlflow.log_artifact(str(path), artifact_path="model_extras")
+        return info.model_uri

@@ -1,0 +1,72 @@
+"""Pieces shared by the two training stages (head and fine-tune)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from transferkit.errors import TransferkitError
+from transferkit.files import atomic_path
+
+
+def seed_everything(seed: int) -> None:
+    """Same inputs, same model: seeds Python, NumPy and TF, and makes TF ops deterministic."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:
+    """'balanced': weight = n / (n_classes * count), so every class counts equally in the loss."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = len(labels) / (n_classes * np.maximum(counts, 1.0))
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+class NaNGuard:
+    """Stops training with a clear error when the loss becomes NaN or infinite."""
+
+    @staticmethod
+    def callback(stage: str):
+        import keras
+
+        class _Guard(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                loss = (logs or {}).get("loss")
+                if loss is not None and not math.isfinite(float(loss)):
+                    raise TransferkitError(
+                        f"{stage}: the loss became {loss} at batch {batch}; lower the learning rate. "
+                        f"No model was written.")
+
+        return _Guard()
+
+
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+
+
+def write_history(history: list[dict], path: str | Path) -> None:
+    """Per-epoch logs as CSV (epoch, loss, accuracy, val_loss, val_accuracy): DVC plot data.
+
+    An empty history (fine-tuning disabled) still writes the header, so the
+    plot file always exists."""
+    frame = pd.DataFrame(history)
+    columns = HISTORY_COLUMNS + [c for c in frame.columns if c not in HISTORY_COLUMNS]
+    with atomic_path(path) as tmp:
+        frame.reindex(columns=columns).to_csv(tmp, index=False)
+
+
+def compile_classifier(model, learning_rate: float) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
