@@ -136,21 +136,21 @@ def extract(manifest_path: str | Path, features_dir: str | Path, backbone_params
         infer = tf.function(lambda x: tf.cast(model(tf.cast(x, tf.float32), training=False), tf.float32))
         dataset = image_dataset(first_path[todo].tolist(), backbone_params.image_size, plan.batch_size)
         progress = Progress(len(todo), "extract")
-        pending_hashes: list[str] = []
-        pending: list[np.ndarray] = []
-        done = 0
+        done = 0  # images computed so far; todo[written:done] are waiting in `pending`
+        written = 0
+        pending = np.zeros((0, int(model.output_shape[-1])), dtype=np.float32)
         with tf.device(plan.device):
             for batch in dataset:
                 embeddings = infer(batch).numpy()
-                pending.append(embeddings)
-                pending_hashes.extend(todo[done:done + len(embeddings)])
+                pending = np.concatenate([pending, embeddings])
                 done += len(embeddings)
                 progress.update(len(embeddings))
-                if len(pending_hashes) >= extract_params.shard_size:
-                    cache.write_shard(pending_hashes, np.concatenate(pending))
-                    pending_hashes, pending = [], []
-        if pending_hashes:
-            cache.write_shard(pending_hashes, np.concatenate(pending))
+                while len(pending) >= extract_params.shard_size:  # exactly shard_size per file
+                    size = extract_params.shard_size
+                    cache.write_shard(todo[written:written + size], pending[:size])
+                    written, pending = written + size, pending[size:]
+        if len(pending):
+            cache.write_shard(todo[written:done], pending)
     seconds = time.perf_counter() - started
     # current.json holds only what downstream stages need, and nothing that
     # varies run to run (timings), so rerunning extract with nothing new to do

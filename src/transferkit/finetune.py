@@ -205,7 +205,7 @@ def finetune(manifest_path: str | Path, head_path: str | Path, model_path: str |
             print(f"finetune: {backbone_trainable} backbone layers with weights trainable "
                   f"(top {params.unfreeze}, BatchNorm frozen), lr {params.learning_rate}", flush=True)
             trainer.fit(train_ds, validation_data=val_ds, epochs=params.epochs, initial_epoch=first_epoch,
-                        callbacks=callbacks, verbose=2)
+                        callbacks=callbacks, shuffle=False, verbose=2)  # tf.data shuffles itself
         ckpt.restore_best(trainer)
         history = ckpt.state["history"]
         best = next((h for h in history if h["epoch"] == ckpt.state["best_epoch"]), {})

@@ -93,9 +93,11 @@ class StageRun:
         from mlflow.tracking import MlflowClient
 
         uri = tracking_uri()
+        # Read before set_tracking_uri, which also exports MLFLOW_TRACKING_URI.
+        self.local_default_store = not os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
-        self.client = MlflowClient(uri)
         try:
+            self.client = MlflowClient(uri)
             experiment_id = self._experiment_id()
         except Exception as exc:  # unreachable server, bad URI, locked database
             from transferkit.errors import TransferkitError
@@ -125,7 +127,7 @@ class StageRun:
         if found is not None:
             return found.experiment_id
         artifact_location = None
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
+        if self.local_default_store:
             # Local store: keep artifacts next to mlflow.db at the repo root, not in
             # whatever directory the first stage happened to run in.
             artifact_location = (repo_root() / "mlruns" / self.experiment).as_uri()

@@ -1,0 +1,182 @@
+"""End to end: the real `dvc repro` / `dvc exp run` on tiny data, real MLflow store and server.
+
+The repo's tracked files are copied into a fresh git repo in a temporary
+folder, with a tiny image dataset and tiny sizes in params.yaml, so the whole
+pipeline runs in a couple of minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, draw_example, make_image_folder
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent  # the venv running the tests: its python, dvc, mlflow, transferkit
+
+TINY = {
+    "data": {"source": "data/tiny", "val_fraction": 0.2, "test_fraction": 0.2},
+    "backbone": {"image_size": 32},
+    "extract": {"batch_size": 16},
+    "head": {"epochs": 8, "patience": 3},
+    "finetune": {"epochs": 1, "unfreeze": 10, "batch_size": 16},
+}
+
+
+def sh(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+@pytest.fixture(scope="module")
+def env() -> dict:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    environ["PATH"] = f"{BIN}{os.pathsep}{environ['PATH']}"
+    environ.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", TF_CPP_MIN_LOG_LEVEL="2")
+    return environ
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, env) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    tracked = sh(["git", "ls-files"], REPO).stdout.split()
+    for name in tracked:
+        if name.startswith(("data/sample/", "tests/")):
+            continue
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    (root / "dvc.lock").unlink(missing_ok=True)
+    make_image_folder(root / "data" / "tiny", per_class=10, size=40)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["git", "init", "-q", "-b", "main"], root)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], root)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny project"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(project, env) -> subprocess.CompletedProcess:
+    return sh(["dvc", "repro"], project, env)
+
+
+def test_full_pipeline_produces_model_metrics_and_plots(project, first_run):
+    assert stages_run(first_run.stdout) == ["prepare", "extract", "train_head", "finetune", "evaluate"]
+    assert "images/s" in first_run.stderr  # extract reports throughput
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics
+    assert set(metrics["per_class"]) == {"circle", "square", "triangle"}
+    for name in ("confusion.png", "calibration.png", "curves.png", "confusion.csv", "train_head.csv", "finetune.csv"):
+        assert (project / "plots" / name).stat().st_size > 0, name
+    assert (project / "models" / "model.keras").exists()
+    shown = sh(["dvc", "metrics", "show", "--json"], project).stdout
+    assert "macro_f1" in shown
+
+
+def test_mlflow_has_parent_and_child_runs(project, first_run):
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("transferkit")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("transferkit.stage") == "pipeline"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == sorted(["prepare", "extract", "train_head", "finetune", "evaluate"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["head.learning_rate"] == "0.001"
+    assert parent.data.params["backbone.image_size"] == "32"
+    assert "test_accuracy" in parent.data.metrics
+    head_run = next(r for r in children if r.info.run_name == "train_head")
+    assert len(client.get_metric_history(head_run.info.run_id, "val_loss")) >= 2  # a curve, not a point
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/confusion.png" in artifacts
+    versions = client.search_model_versions("name='transferkit'")
+    assert versions and versions[0].run_id == parent.info.run_id
+
+
+def test_second_repro_runs_nothing(project, first_run, env):
+    again = sh(["dvc", "repro"], project, env)
+    assert stages_run(again.stdout) == []
+
+
+def test_predict_on_new_images(project, first_run, env, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(99)
+    draw_example("square", 40, rng).save(tmp_path / "new square.png")
+    draw_example("circle", 40, rng).convert("L").save(tmp_path / "grey.jpg")
+    out = sh(["transferkit", "predict", str(tmp_path), "--top-k", "2"], project, env)
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "path,rank,label,probability" and len(lines) == 1 + 2 * 2
+    assert {line.split(",")[2] for line in lines[1:]} <= {"circle", "square", "triangle"}
+    as_json = json.loads(sh(["transferkit", "predict", str(tmp_path / "new square.png"), "--format", "json"],
+                            project, env).stdout)
+    assert len(as_json) == 1 and 0.0 <= as_json[0]["predictions"][0]["probability"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory, env):
+    """A real MLflow tracking server on loopback, as a team would run."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        raise AssertionError("mlflow server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_experiment_reruns_only_head_finetune_evaluate(project, first_run, env, mlflow_server):
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run"], project)
+    server_env = {**env, "MLFLOW_TRACKING_URI": mlflow_server}
+    out = sh(["dvc", "exp", "run", "-n", "lr-3e-3", "-S", "head.learning_rate=0.003"], project, server_env)
+    assert stages_run(out.stdout) == ["train_head", "finetune", "evaluate"]
+    shown = sh(["dvc", "exp", "show", "--json"], project).stdout
+    assert "lr-3e-3" in shown
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("transferkit")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("transferkit.stage") == "pipeline")
+    assert parent.info.run_name == "lr-3e-3"
+    assert parent.data.params["head.learning_rate"] == "0.003"
+    assert "test_accuracy" in parent.data.metrics
+    children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    assert children == ["evaluate", "finetune", "train_head"]

@@ -1,0 +1,59 @@
+import pytest
+
+from transferkit.config import Params, load_params, parse_params
+from transferkit.errors import TransferkitError
+
+from conftest import REPO
+
+
+def test_repo_params_yaml_is_valid_and_complete():
+    params = load_params(REPO / "params.yaml")
+    # Every key in the schema is written in params.yaml: nothing hides in code defaults.
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, model in Params.model_fields.items():
+        assert section in raw, section
+        assert set(raw[section]) == set(model.annotation.model_fields), section
+    assert params.backbone.name == "efficientnet_lite0"
+
+
+def test_defaults_are_used_for_missing_sections():
+    params = parse_params({"head": {"learning_rate": 0.01}})
+    assert params.head.learning_rate == 0.01
+    assert params.head.epochs == Params().head.epochs
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"head": {"learning_rat": 0.1}}, "head.learning_rat: unknown key (did you mean 'learning_rate'?)"),
+    ({"hed": {}}, "hed: unknown key (did you mean 'head'?)"),
+    ({"head": {"learning_rate": -1}}, "head.learning_rate: Input should be greater than 0"),
+    ({"head": {"epochs": "many"}}, "head.epochs: Input should be a valid integer"),
+    ({"data": {"test_fraction": 1.5}}, "data.test_fraction: Input should be less than 1"),
+    ({"backbone": {"name": "resnet9000"}}, "backbone.name: Input should be 'efficientnet_lite0'"),
+    ({"finetune": {"enabled": "maybe"}}, "finetune.enabled: Input should be a valid boolean"),
+])
+def test_bad_params_name_the_key(raw, expected):
+    with pytest.raises(TransferkitError) as info:
+        parse_params(raw)
+    assert expected in str(info.value)
+
+
+def test_params_are_frozen():
+    params = parse_params({})
+    with pytest.raises(Exception):
+        params.head.learning_rate = 1.0  # type: ignore[misc]
+
+
+def test_yaml_scientific_notation_string_is_accepted():
+    # PyYAML reads `1e-4` (no dot) as a string; it must still mean 0.0001.
+    assert parse_params({"finetune": {"learning_rate": "1e-4"}}).finetune.learning_rate == 1e-4
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(TransferkitError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("head: [unclosed")
+    with pytest.raises(TransferkitError, match="not valid YAML"):
+        load_params(bad)

@@ -1,0 +1,67 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from transferkit.config import BackboneParams, DataParams, ExtractParams
+from transferkit.data import prepare
+from transferkit.errors import TransferkitError
+from transferkit.features import EmbeddingCache, extract, load_embeddings
+
+from conftest import make_image_folder
+
+BACKBONE = BackboneParams(name="efficientnet_lite0", weights="imagenet", image_size=32)
+
+
+@pytest.fixture
+def prepared(image_folder, tmp_path):
+    prepare(image_folder, tmp_path / "prepared", DataParams(val_fraction=0.25, test_fraction=0.25))
+    return tmp_path / "prepared" / "manifest.parquet"
+
+
+def test_extract_caches_and_reuses(prepared, tmp_path, image_folder, capsys):
+    features = tmp_path / "features"
+    first = extract(prepared, features, BACKBONE, ExtractParams(batch_size=8, shard_size=10), seed=0)
+    assert (first["computed"], first["reused"], first["embedding_dim"]) == (24, 0, 1280)
+    cache = EmbeddingCache(features / first["key"])
+    assert len(cache.shards()) == 3  # 24 images, 10 per shard: 10 + 10 + 4
+    assert "images/s" in capsys.readouterr().err  # progress with throughput
+
+    manifest = pd.read_parquet(prepared)
+    embeddings, current = load_embeddings(features, manifest["sha256"].tolist())
+    assert embeddings.shape == (24, 1280) and np.isfinite(embeddings).all()
+    assert current["key"] == first["key"]
+
+    # Add images: only the new ones are computed, the old embeddings are untouched.
+    make_image_folder(image_folder, per_class=2, seed=1)
+    prepare(image_folder, prepared.parent, DataParams(val_fraction=0.25, test_fraction=0.25))
+    second = extract(prepared, features, BACKBONE, ExtractParams(batch_size=8, shard_size=10), seed=0)
+    assert (second["computed"], second["reused"]) == (6, 24)
+    again, _ = load_embeddings(features, manifest["sha256"].tolist())
+    np.testing.assert_array_equal(again, embeddings)
+
+
+def test_embeddings_match_a_direct_forward_pass(prepared, tmp_path):
+    from transferkit.backbones import build_backbone
+    from transferkit.images import load_rgb
+
+    features = tmp_path / "features"
+    extract(prepared, features, BACKBONE, ExtractParams(batch_size=5), seed=0)
+    manifest = pd.read_parquet(prepared).iloc[:4]
+    cached, _ = load_embeddings(features, manifest["sha256"].tolist())
+    model = build_backbone(BACKBONE.name, BACKBONE.weights, BACKBONE.image_size)
+    pixels = np.stack([load_rgb(p, 32) for p in manifest["path"]]).astype(np.float32)
+    np.testing.assert_allclose(cached, model.predict(pixels, verbose=0), atol=1e-4)
+
+
+def test_new_weights_or_size_never_reuse_stale_embeddings(prepared, tmp_path):
+    features = tmp_path / "features"
+    base = extract(prepared, features, BACKBONE, ExtractParams(), seed=0)
+    other_size = extract(prepared, features, BACKBONE.model_copy(update={"image_size": 48}), ExtractParams(), seed=0)
+    random_init = extract(prepared, features, BACKBONE.model_copy(update={"weights": "none"}), ExtractParams(), seed=0)
+    assert len({base["key"], other_size["key"], random_init["key"]}) == 3
+    assert other_size["computed"] == random_init["computed"] == 24
+
+
+def test_missing_embeddings_are_an_error(prepared, tmp_path):
+    with pytest.raises(TransferkitError, match="extract"):
+        load_embeddings(tmp_path / "no-features", ["abc"])

@@ -1,0 +1,62 @@
+import numpy as np
+import pandas as pd
+
+from transferkit.config import HeadParams
+from transferkit.features import EmbeddingCache
+from transferkit.files import write_json
+from transferkit.head import build_head, train_head
+from transferkit.training import class_weights
+
+
+def test_balanced_class_weights():
+    weights = class_weights(np.array([0, 0, 0, 1]), 2, "balanced")
+    assert weights == {0: 4 / 6, 1: 2.0}
+    assert class_weights(np.array([0, 1]), 2, "none") is None
+
+
+def test_head_shapes():
+    model = build_head(16, 3, HeadParams(hidden_units=8))
+    assert model.input_shape == (None, 16) and model.output_shape == (None, 3)
+
+
+def write_fake_features(tmp_path, n_per_class=20, dim=16, seed=0):
+    """Separable embeddings in a real cache layout, with a manifest pointing at them."""
+    rng = np.random.default_rng(seed)
+    rows, hashes, vectors = [], [], []
+    centres = rng.normal(size=(3, dim)) * 3
+    for label in range(3):
+        for i in range(n_per_class):
+            h = f"{label:02d}{i:062d}"
+            split = "train" if i < 12 else "val" if i < 16 else "test"
+            rows.append({"path": f"x/{h}.png", "label": f"c{label}", "label_index": label, "split": split,
+                         "sha256": h, "width": 8, "height": 8})
+            hashes.append(h)
+            vectors.append(centres[label] + rng.normal(size=dim))
+    manifest = tmp_path / "manifest.parquet"
+    pd.DataFrame(rows).to_parquet(manifest)
+    EmbeddingCache(tmp_path / "features" / "k").write_shard(hashes, np.array(vectors, dtype=np.float32))
+    write_json(tmp_path / "features" / "current.json", {"key": "k", "embedding_dim": dim})
+    return manifest
+
+
+def test_train_head_learns_and_writes_outputs(tmp_path):
+    manifest = write_fake_features(tmp_path)
+    result = train_head(manifest, tmp_path / "features", tmp_path / "head.keras", tmp_path / "history.csv",
+                        HeadParams(epochs=40, patience=5, learning_rate=0.01), seed=0)
+    assert result["val_accuracy"] >= 0.9
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.columns[:5]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert len(history) == result["epochs_run"]
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    import keras
+
+    assert keras.saving.load_model(tmp_path / "head.keras", safe_mode=True).output_shape == (None, 3)
+
+
+def test_same_inputs_same_head(tmp_path):
+    manifest = write_fake_features(tmp_path)
+    params = HeadParams(epochs=5)
+    a = train_head(manifest, tmp_path / "features", tmp_path / "a.keras", tmp_path / "a.csv", params, seed=3)
+    b = train_head(manifest, tmp_path / "features", tmp_path / "b.keras", tmp_path / "b.csv", params, seed=3)
+    assert a == b
+    assert pd.read_csv(tmp_path / "a.csv").equals(pd.read_csv(tmp_path / "b.csv"))
