@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from transferkit import device
 from transferkit.config import BackboneParams, ExtractParams
@@ -170,7 +169,3 @@ def extract(manifest_path: str | Path, features_dir: str | Path, backbone_params
         "seconds": round(seconds, 3),
         "images_per_second": round(len(todo) / seconds, 2) if todo and seconds > 0 else None,
     }
-
-
-def manifest_hashes(manifest: pd.DataFrame, split: str) -> list[str]:
-    return manifest.loc[manifest["split"] == split, "sha256"].tolist()
