@@ -21,6 +21,7 @@ def main() -> None:
 
     from transferkit.config import load_params
     from transferkit.evaluate import evaluate, load_classifier
+    from transferkit.finetune import metadata_path
     from transferkit.tracking import StageRun
     from transferkit.serving import model_signature, pip_requirements
 
@@ -28,7 +29,8 @@ def main() -> None:
     histories = dict(item.split("=", 1) for item in args.history)
     sections = {"evaluate": params.evaluate.model_dump(), "tracking": params.tracking.model_dump()}
     with StageRun("evaluate", params.model_dump(), sections, params.tracking.experiment) as run:
-        report = evaluate(args.manifest, args.model, args.metrics, args.plots, histories, params.evaluate)
+        model, meta = load_classifier(args.model)
+        report = evaluate(args.manifest, model, meta, args.metrics, args.plots, histories, params.evaluate)
         print(f"evaluate: test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
               f"on {report['test_images']} images", flush=True)
         headline = {k: report[k] for k in ("accuracy", "macro_f1", "log_loss", "ece")}
@@ -39,9 +41,8 @@ def main() -> None:
         run.log_artifact(args.metrics, parent=True)
         if args.report:
             run.log_artifact(args.report, parent=True)
-        model, meta = load_classifier(args.model)
         uri = run.log_model(model, model_signature(meta), pip_requirements(), params.tracking.registered_model,
-                            extra_files=[Path(args.model).with_suffix(".json")])
+                            extra_files=[metadata_path(args.model)])
         print(f"evaluate: model logged as {uri} and registered as '{params.tracking.registered_model}'", flush=True)
         run.finish_pipeline()
 

@@ -16,6 +16,7 @@ from transferkit.config import EvaluateParams
 from transferkit.data import load_manifest
 from transferkit.errors import TransferkitError
 from transferkit.files import atomic_path, read_json, write_json
+from transferkit.finetune import metadata_path
 from transferkit.metrics import classification_report
 from transferkit.plots import calibration_png, confusion_png, curves_png
 
@@ -25,7 +26,7 @@ def load_classifier(model_path: str | Path):
     import keras
 
     model_path = Path(model_path)
-    meta_path = model_path.with_suffix(".json")
+    meta_path = metadata_path(model_path)
     if not model_path.exists() or not meta_path.exists():
         raise TransferkitError(f"{model_path}: model not found; train one first with `dvc repro`")
     return keras.saving.load_model(model_path, safe_mode=True), read_json(meta_path)
@@ -40,13 +41,13 @@ def predict_files(model, paths: list[str], image_size: int, batch_size: int) -> 
     return model.predict(dataset, verbose=0).astype(np.float64)
 
 
-def evaluate(manifest_path: str | Path, model_path: str | Path, metrics_path: str | Path,
+def evaluate(manifest_path: str | Path, model, meta: dict, metrics_path: str | Path,
              plots_dir: str | Path, histories: dict[str, str], params: EvaluateParams) -> dict:
+    """Score `model` (from load_classifier) on the test split; write metrics and plots."""
     manifest = load_manifest(manifest_path)
     test = manifest[manifest["split"] == "test"]
     if test.empty:
         raise TransferkitError("data.test_fraction: the test split is empty; nothing to evaluate")
-    model, meta = load_classifier(model_path)
     classes = meta["classes"]
     probs = predict_files(model, test["path"].tolist(), meta["image_size"], params.batch_size)
     y_true = test["label_index"].to_numpy()

@@ -28,14 +28,17 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from transferkit import device
 from transferkit.config import BackboneParams, FinetuneParams
 from transferkit.data import classes_of, load_manifest
 from transferkit.errors import TransferkitError
 from transferkit.files import atomic_path, read_json, write_json
-from transferkit.training import NaNGuard, compile_classifier, seed_everything, write_history
+from transferkit.training import compile_classifier, nan_guard, seed_everything, write_history
+
+
+def metadata_path(model_path: str | Path) -> Path:
+    """The JSON written beside a published model: classes, image size, backbone."""
+    return Path(model_path).with_suffix(".json")
 
 
 def assemble(backbone, head, image_size: int):
@@ -198,7 +201,7 @@ def finetune(manifest_path: str | Path, head_path: str | Path, model_path: str |
         })
         ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, monitor, params.patience)
         first_epoch = ckpt.resume(trainer)
-        callbacks = [NaNGuard.callback("finetune"), ckpt.callback()]
+        callbacks = [nan_guard("finetune"), ckpt.callback()]
         if tracker is not None:
             callbacks.append(tracker.keras_callback())
         if first_epoch < params.epochs and not ckpt.state["stopped"]:
@@ -218,7 +221,7 @@ def finetune(manifest_path: str | Path, head_path: str | Path, model_path: str |
     # Publish: the model with the best weights, plus what predict needs to use it.
     with atomic_path(model_path) as tmp:
         model.save(tmp)
-    write_json(Path(model_path).with_suffix(".json"), {
+    write_json(metadata_path(model_path), {
         "classes": classes,
         "image_size": backbone_params.image_size,
         "backbone": backbone_params.name,

@@ -15,8 +15,8 @@ import numpy as np
 from transferkit.config import HeadParams
 from transferkit.data import classes_of, load_manifest
 from transferkit.features import load_embeddings
-from transferkit.files import atomic_path, read_json, write_json
-from transferkit.training import NaNGuard, class_weights, compile_classifier, seed_everything, write_history
+from transferkit.files import atomic_path
+from transferkit.training import class_weights, compile_classifier, nan_guard, seed_everything, write_history
 
 
 def build_head(embedding_dim: int, n_classes: int, params: HeadParams):
@@ -55,7 +55,7 @@ def train_head(manifest_path: str | Path, features_dir: str | Path, model_path: 
     compile_classifier(model, params.learning_rate)
     monitor = "val_loss" if has_val else "loss"
     callbacks = [
-        NaNGuard.callback("train_head"),
+        nan_guard("train_head"),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=params.patience, restore_best_weights=True),
     ]
     if tracker is not None:

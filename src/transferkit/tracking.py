@@ -109,7 +109,7 @@ class StageRun:
             experiment_id, run_name=self.stage,
             tags={PARENT_TAG: self.parent_id, STAGE_TAG: self.stage, PIPELINE_TAG: pipeline_key()})
         self.run_id = child.info.run_id
-        self.log_params({k: v for k, v in flatten(self.stage_params).items()})
+        self.log_params(flatten(self.stage_params))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -30,22 +30,19 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, fl
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-class NaNGuard:
-    """Stops training with a clear error when the loss becomes NaN or infinite."""
+def nan_guard(stage: str):
+    """A Keras callback that stops training with a clear error when the loss becomes NaN or infinite."""
+    import keras
 
-    @staticmethod
-    def callback(stage: str):
-        import keras
+    class _Guard(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise TransferkitError(
+                    f"{stage}: the loss became {loss} at batch {batch}; lower the learning rate. "
+                    f"No model was written.")
 
-        class _Guard(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                loss = (logs or {}).get("loss")
-                if loss is not None and not math.isfinite(float(loss)):
-                    raise TransferkitError(
-                        f"{stage}: the loss became {loss} at batch {batch}; lower the learning rate. "
-                        f"No model was written.")
-
-        return _Guard()
+    return _Guard()
 
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
