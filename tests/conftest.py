@@ -19,7 +19,9 @@ CLASS_STYLES = {
     "circle": ((220, 40, 40), "ellipse"),
     "square": ((40, 40, 220), "rectangle"),
     "triangle": ((40, 180, 40), "polygon"),
+    "diamond": ((200, 200, 40), "diamond"),  # not in the default folder; used by the messy-data fixture
 }
+DEFAULT_CLASSES = ("circle", "square", "triangle")
 
 
 def draw_example(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
@@ -33,13 +35,15 @@ def draw_example(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
         draw.ellipse([lo, lo, hi, hi], fill=jitter)
     elif shape == "rectangle":
         draw.rectangle([lo, lo, hi, hi], fill=jitter)
+    elif shape == "diamond":
+        draw.polygon([(size / 2, lo), (hi, size / 2), (size / 2, hi), (lo, size / 2)], fill=jitter)
     else:
         draw.polygon([(size / 2, lo), (lo, hi), (hi, hi)], fill=jitter)
     return image
 
 
 def make_image_folder(root: Path, per_class: int = 8, size: int = 40, seed: int = 0,
-                      classes: tuple[str, ...] = tuple(CLASS_STYLES)) -> Path:
+                      classes: tuple[str, ...] = DEFAULT_CLASSES) -> Path:
     """root/<class>/<class>_<i>.png, distinct bytes for every file."""
     rng = np.random.default_rng(seed)
     for kind in classes:

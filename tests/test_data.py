@@ -1,7 +1,9 @@
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from transferkit.config import DataParams
 from transferkit.data import assign_splits, prepare
@@ -110,3 +112,146 @@ def test_assign_splits_keeps_one_training_group_for_tiny_classes():
     frame = pd.DataFrame({"path": ["a", "b"], "label": ["x", "x"], "split": [None, None], "sha256": ["1", "2"]})
     out = assign_splits(frame, 0.5, 0.5, seed=0)
     assert "train" in set(out["split"])
+
+
+# ---- messy data: every kind of file real folders hold -------------------------------------------
+
+def outcome_of(report: dict, manifest: pd.DataFrame, relative: str) -> str:
+    """'ok' when the file is in the manifest, else the reason it was rejected or skipped."""
+    if manifest["path"].str.endswith(relative).any():
+        return "ok"
+    listed = [r for r in report["rejected"] + report["skipped"] if r["path"].endswith(relative)]
+    assert len(listed) == 1, f"{relative}: listed {len(listed)} times in the report"
+    return listed[0]["reason"]
+
+
+def test_messy_folder_keeps_good_images_and_reports_every_bad_one(image_folder, tmp_path):
+    import resource
+
+    from messy_data import UNICODE_CLASS, add_messy_files
+
+    expected = add_messy_files(image_folder)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    report, manifest = run_prepare(image_folder, tmp_path)
+    peak_growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+
+    for relative, wanted in expected.items():
+        got = outcome_of(report, manifest, relative)
+        assert (got == "ok") if wanted == "ok" else (wanted in got), f"{relative}: expected {wanted!r}, got {got!r}"
+    # The 0.4-gigapixel PNG was refused from its header, never decoded (that would take > 400 MiB).
+    assert peak_growth_mib < 200
+    assert report["classes"] == ["circle", UNICODE_CLASS, "square", "triangle"]
+    assert report["duplicate_files"] == 1  # link.png: same bytes as its target
+    assert manifest.groupby("sha256")["split"].nunique().max() == 1
+
+
+def test_unusual_images_decode_to_upright_rgb(tmp_path):
+    from messy_data import add_messy_files
+    from transferkit.images import inspect_image, load_rgb
+
+    root = make_image_folder(tmp_path / "images", per_class=3)
+    add_messy_files(root)
+    # EXIF orientation applied: stored 32x48, upright 48x32.
+    assert Image.open(root / "square" / "rotated-exif.jpg").size == (32, 48)
+    assert inspect_image(root / "square" / "rotated-exif.jpg", 1, 10**8) == (48, 32)
+    # Alpha composited on white: the transparent corner is white, not black.
+    assert (load_rgb(root / "circle" / "alpha.png", 40)[:4, :4] == 255).all()
+    # 16-bit grey scaled to 8 bits (not clipped to white).
+    stored = Image.open(root / "square" / "sixteen-bit.png")
+    assert stored.mode.startswith("I")  # really 16-bit on disk
+    sixteen = load_rgb(root / "square" / "sixteen-bit.png", 40)
+    np.testing.assert_allclose(sixteen[..., 0], np.asarray(stored, np.float64) / 257, atol=1)
+    # Animated GIF: the first frame (a green triangle, not the red circle of frame 2).
+    first = load_rgb(root / "triangle" / "animated.gif", 40)
+    r, g, _ = first[20:30, 18:22].reshape(-1, 3).mean(axis=0)
+    assert g > r
+    for name in ("circle/palette.png", "circle/grey.png", "square/cmyk.jpg", "triangle/photo.webp",
+                 "triangle/bitmap.bmp"):
+        pixels = load_rgb(root / name, 24)
+        assert pixels.shape == (24, 24, 3) and pixels.dtype == np.uint8, name
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_messy_manifest(image_folder, tmp_path, kind):
+    rows = [{"path": f"{c}/{c}_0_{i:03d}.png", "label": c, "split": None}
+            for c in ("circle", "square", "triangle") for i in range(8)]
+    rows += [
+        {"path": "circle/missing.png", "label": "circle", "split": None},
+        {"path": "circle/circle_0_000.png", "label": "circle", "split": None},  # listed twice
+        {"path": "../../etc/passwd", "label": "circle", "split": None},
+        {"path": "/etc/passwd", "label": "circle", "split": None},
+        {"path": "square/square_0_001.png", "label": "square", "split": "holdout"},
+        {"path": "triangle/triangle_0_000.png", "label": "", "split": None},
+        {"path": "square/square_0_002.png", "label": "circle", "split": None},  # same bytes, second label
+    ]
+    # Labels that differ only in case or surrounding spaces are one class.
+    rows[1]["label"], rows[2]["label"], rows[9]["label"] = " Circle", "CIRCLE ", "square  "
+    table = pd.DataFrame(rows)
+    manifest_path = image_folder / f"labels.{kind}"
+    table.to_csv(manifest_path, index=False) if kind == "csv" else table.to_parquet(manifest_path, index=False)
+
+    report, manifest = run_prepare(manifest_path, tmp_path)
+    assert report["classes"] == ["circle", "square", "triangle"]
+    assert {m["label"] for m in report["label_merges"]} == {" Circle".strip(), "CIRCLE"}
+    reasons = [r["reason"] for r in report["rejected"]]
+    for fragment in ("file not found", "duplicate manifest row", "unknown split 'holdout'", "empty label",
+                     "label conflict"):
+        assert any(fragment in r for r in reasons), fragment
+    assert sum("outside the data root" in r for r in reasons) == 2
+    assert not manifest["path"].str.contains("passwd").any()
+    assert (manifest["path"].str.endswith("circle_0_000.png")).sum() == 1
+
+
+def test_empty_class_folder_stops_before_decoding(image_folder, tmp_path, monkeypatch):
+    (image_folder / "empty class").mkdir()
+    monkeypatch.setattr("transferkit.data.inspect_image", _must_not_decode)
+    with pytest.raises(TransferkitError, match=r"empty class \(0\)"):
+        run_prepare(image_folder, tmp_path)
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_class_too_small_for_a_test_split_names_the_key(image_folder, tmp_path, monkeypatch):
+    for path in sorted((image_folder / "triangle").iterdir())[2:]:
+        path.unlink()
+    monkeypatch.setattr("transferkit.data.inspect_image", _must_not_decode)
+    with pytest.raises(TransferkitError, match=r"data.test_fraction=0.25 leaves no test image for class\(es\) triangle"):
+        run_prepare(image_folder, tmp_path, min_images_per_class=1)
+
+
+def test_class_emptied_by_rejects_stops_naming_it(image_folder, tmp_path):
+    for path in (image_folder / "triangle").iterdir():
+        path.write_bytes(b"not an image")
+    with pytest.raises(TransferkitError, match=r"valid images: triangle \(0\)"):
+        run_prepare(image_folder, tmp_path)
+
+
+def test_failed_prepare_keeps_previous_outputs(image_folder, tmp_path):
+    report, _ = run_prepare(image_folder, tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "prepared").iterdir()}
+    (image_folder / "new class").mkdir()
+    with pytest.raises(TransferkitError):
+        run_prepare(image_folder, tmp_path)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "prepared").iterdir()} == before
+
+
+def _must_not_decode(*args, **kwargs):
+    raise AssertionError("decoded an image although the counts alone decide")
+
+
+def test_stage_prints_one_clear_message_and_no_traceback(image_folder, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (image_folder / "lonely").mkdir()
+    Image.new("RGB", (40, 40)).save(image_folder / "lonely" / "only.png")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(REPO / "params.yaml"),
+         "--source", str(image_folder), "--out", str(tmp_path / "prepared")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "prepare: error:" in out.stderr and "lonely (1)" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout

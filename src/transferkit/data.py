@@ -35,6 +35,12 @@ class Candidate:
     path: Path  # as found on disk
     label: str
     split: str | None = None  # given by a manifest, else assigned here
+    problem: str | None = None  # known bad before decoding (a manifest row that cannot be used)
+
+
+# Folders that archivers and file browsers leave behind; never a class.
+JUNK_FOLDERS = {"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information"}
+JUNK_FILES = {"Thumbs.db", "ehthumbs.db", "desktop.ini", "Icon\r"}
 
 
 def display_path(path: Path) -> str:
@@ -46,25 +52,54 @@ def display_path(path: Path) -> str:
         return str(absolute)
 
 
-def scan_folder(root: Path) -> tuple[list[Candidate], list[dict]]:
-    """One sub-folder per class. Returns candidates and the files passed over (with reasons)."""
-    candidates, skipped = [], []
+def scan_folder(root: Path) -> tuple[list[Candidate], list[dict], list[str]]:
+    """One sub-folder per class.
+
+    Returns the candidate files, the entries passed over (with reasons) and the
+    class folder names (including empty ones, so an empty class is reported
+    rather than silently dropped). Symlinked files are followed; symlinked
+    folders below a class folder are not (they can loop).
+    """
+    candidates, skipped, classes = [], [], []
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue  # hidden files and folders (.DS_Store, .git ...)
+        if entry.name.startswith(".") or entry.name in JUNK_FOLDERS:
+            skipped.append({"path": display_path(entry), "reason": "hidden or system entry"})
+            continue
         if not entry.is_dir():
             skipped.append({"path": display_path(entry), "reason": "not inside a class folder"})
             continue
-        for path in sorted(p for p in entry.rglob("*") if p.is_file() or p.is_symlink()):
-            relative_parts = path.relative_to(entry).parts
-            if any(part.startswith(".") for part in relative_parts):
-                continue  # hidden
-            candidates.append(Candidate(path, entry.name))
-    return candidates, skipped
+        classes.append(entry.name)
+        # os.walk(followlinks=False): a symlinked sub-folder is listed, not entered.
+        for folder, subfolders, files in os.walk(entry):
+            folder_path = Path(folder)
+            for name in sorted(subfolders):
+                if name.startswith(".") or name in JUNK_FOLDERS:
+                    skipped.append({"path": display_path(folder_path / name), "reason": "hidden or system entry"})
+                elif (folder_path / name).is_symlink():
+                    skipped.append({"path": display_path(folder_path / name),
+                                    "reason": "symlinked folder inside a class folder is not followed"})
+            subfolders[:] = sorted(n for n in subfolders if not n.startswith(".") and n not in JUNK_FOLDERS)
+            for name in sorted(files):
+                path = folder_path / name
+                if name.startswith(".") or name in JUNK_FILES:  # .DS_Store, ._resource forks, Thumbs.db
+                    skipped.append({"path": display_path(path), "reason": "hidden or system entry"})
+                    continue
+                candidates.append(Candidate(path, entry.name))
+    return candidates, skipped, classes
+
+
+def _cell(value) -> str:
+    """A manifest cell as text; empty for missing values (NaN/None), never the string 'nan'."""
+    return "" if value is None or pd.isna(value) else str(value).strip()
 
 
 def read_manifest(path: Path) -> list[Candidate]:
-    """A CSV or Parquet table of path,label[,split]; paths are relative to the manifest's folder."""
+    """A CSV or Parquet table of path,label[,split]; paths are relative to the manifest's folder.
+
+    Rows that cannot be used (no path, a path leaving the manifest's folder, a
+    row repeated) become candidates with a `problem`, so they appear in the
+    data report instead of vanishing.
+    """
     try:
         table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype=str)
     except Exception as exc:  # pandas raises many types for unreadable tables
@@ -72,45 +107,80 @@ def read_manifest(path: Path) -> list[Candidate]:
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise TransferkitError(f"{path}: manifest lacks column(s) {sorted(missing)}; need path,label[,split]")
+    unknown = set(table.columns) - {"path", "label", "split"}
+    if unknown:
+        raise TransferkitError(f"{path}: unknown manifest column(s) {sorted(unknown)}; allowed: path, label, split")
     root = path.parent
-    candidates = []
-    for row in table.itertuples(index=False):
-        split = getattr(row, "split", None)
-        split = None if split is None or pd.isna(split) or str(split).strip() == "" else str(split).strip().lower()
-        candidates.append(Candidate(root / str(row.path), str(row.label), split))
+    candidates, seen = [], set()
+    for number, row in enumerate(table.itertuples(index=False), start=2):  # CSV line 1 is the header
+        raw_path, label = _cell(row.path), _cell(row.label)
+        split = _cell(getattr(row, "split", None)).lower() or None
+        candidate = Candidate(root / raw_path, label, split)
+        # Lexical check: a manifest may only point inside its own folder (symlinks
+        # placed there by the data's owner are followed like in a folder source).
+        normal = os.path.normpath(raw_path) if raw_path else ""
+        if not raw_path:
+            candidate.problem = f"manifest row {number}: empty path"
+        elif os.path.isabs(raw_path) or normal == ".." or normal.startswith(".." + os.sep):
+            candidate.problem = f"path leads outside the data root {display_path(root)}"
+        elif split is not None and split not in SPLITS:
+            candidate.problem = f"unknown split {split!r} (allowed: {', '.join(SPLITS)})"
+        elif (normal, label.casefold()) in seen:
+            candidate.problem = f"duplicate manifest row {number} (same path and label listed before)"
+        else:
+            seen.add((normal, label.casefold()))
+        candidates.append(candidate)
     return candidates
 
 
-def validate(candidates: list[Candidate], root: Path, params: DataParams) -> tuple[pd.DataFrame, list[dict]]:
+def validate(candidates: list[Candidate], params: DataParams) -> tuple[pd.DataFrame, list[dict]]:
     """Decode and hash each candidate. Returns the valid rows and the rejects with reasons."""
     rows, rejects = [], []
-    root_resolved = root.resolve()
     for c in candidates:
         shown = display_path(c.path)
-        label = c.label.strip()
         try:
-            if not label:
+            if c.problem:
+                raise ImageRejected(c.problem)
+            if not c.label:
                 raise ImageRejected("empty label")
             if c.split is not None and c.split not in SPLITS:
                 raise ImageRejected(f"unknown split {c.split!r} (allowed: {', '.join(SPLITS)})")
+            if c.path.is_symlink() and not c.path.exists():
+                raise ImageRejected(f"broken symlink (points to {os.readlink(c.path)})")
             if not c.path.exists():
                 raise ImageRejected("file not found")
-            if not c.path.resolve().is_relative_to(root_resolved):
-                raise ImageRejected(f"path leads outside the data root {display_path(root)}")
+            if not c.path.is_file():
+                raise ImageRejected("not a regular file")
             if c.path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise ImageRejected(f"not an image file type ({c.path.suffix or 'no suffix'})")
             width, height = inspect_image(c.path, params.min_image_side, params.max_image_pixels)
             digest = sha256_file(c.path)
         except ImageRejected as exc:
-            rejects.append({"path": shown, "label": label, "reason": str(exc)})
+            rejects.append({"path": shown, "label": c.label, "reason": str(exc)})
             continue
-        except OSError as exc:  # unreadable: permissions, broken symlink, I/O error
-            rejects.append({"path": shown, "label": label, "reason": f"cannot read: {exc.strerror or exc}"})
+        except OSError as exc:  # unreadable: permissions, symlink loop, I/O error
+            rejects.append({"path": shown, "label": c.label, "reason": f"cannot read: {exc.strerror or exc}"})
             continue
-        rows.append({"path": shown, "label": label, "split": c.split, "sha256": digest, "width": width, "height": height})
+        rows.append({"path": shown, "label": c.label, "split": c.split, "sha256": digest, "width": width, "height": height})
     frame = pd.DataFrame(rows, columns=["path", "label", "split", "sha256", "width", "height"])
-    frame = frame.drop_duplicates(subset=["path", "label"])  # a manifest listing a file twice
     return _reject_label_conflicts(frame, rejects)
+
+
+def merge_label_spellings(labels: list[str]) -> dict[str, str]:
+    """Labels that differ only in case ("Cat", "cat") are one class, spelled the most common way.
+
+    Returns {spelling: canonical} for every spelling that changes. Ties go to
+    the alphabetically first spelling, so the result never depends on order.
+    """
+    counts = Counter(labels)
+    by_folded: dict[str, list[str]] = {}
+    for label in counts:
+        by_folded.setdefault(label.casefold(), []).append(label)
+    renames = {}
+    for spellings in by_folded.values():
+        canonical = min(spellings, key=lambda s: (-counts[s], s))
+        renames.update({s: canonical for s in spellings if s != canonical})
+    return renames
 
 
 def _reject_label_conflicts(frame: pd.DataFrame, rejects: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
@@ -163,33 +233,63 @@ def assign_splits(frame: pd.DataFrame, val_fraction: float, test_fraction: float
     return frame
 
 
+def _check_class_sizes(counts: Counter, labels: list[str], params: DataParams, source: Path, stage: str,
+                       splits_given: bool) -> None:
+    """Stop, naming the classes, when one has too few images to train on or to test on.
+
+    Run twice: on the file counts before anything is decoded (so an obviously
+    too small class stops the run at once) and on the valid images after.
+    """
+    too_few = {label: counts.get(label, 0) for label in labels if counts.get(label, 0) < params.min_images_per_class}
+    if too_few:
+        listed = ", ".join(f"{k} ({v})" for k, v in too_few.items())
+        raise TransferkitError(
+            f"{source}: class(es) with fewer than data.min_images_per_class={params.min_images_per_class} "
+            f"{stage} images: {listed}. Add images, remove the class folder, or lower data.min_images_per_class.")
+    if len(labels) < 2:
+        raise TransferkitError(
+            f"{source}: found {len(labels)} class ({', '.join(labels)}); a classifier needs at least 2")
+    if splits_given:
+        return  # a manifest's own splits decide; checked on the final split
+    no_test = [label for label in labels if _split_counts(counts[label], params.val_fraction, params.test_fraction)[1] == 0]
+    if no_test:
+        raise TransferkitError(
+            f"data.test_fraction={params.test_fraction} leaves no test image for class(es) {', '.join(no_test)} "
+            f"({stage} images: {', '.join(str(counts[c]) for c in no_test)}); raise data.test_fraction or add images")
+
+
 def prepare(source: str | Path, out_dir: str | Path, params: DataParams) -> dict:
-    """Run the whole stage; write manifest.parquet, classes.json and report.json to out_dir."""
+    """Run the whole stage; write manifest.parquet, classes.json and report.json to out_dir.
+
+    Outputs are written only when the whole stage succeeds, each atomically:
+    a failed run leaves the previous outputs as they were.
+    """
     source, out_dir = Path(source), Path(out_dir)
     if source.is_dir():
-        candidates, skipped = scan_folder(source)
-        root = source
+        candidates, skipped, folders = scan_folder(source)
     elif source.is_file() and source.suffix.lower() in (".csv", ".parquet"):
-        candidates, skipped = read_manifest(source), []
-        root = source.parent
+        candidates, skipped, folders = read_manifest(source), [], []
     else:
         raise TransferkitError(
             f"data.source: {source} is neither a folder of class sub-folders nor a .csv/.parquet manifest")
     if not candidates:
         raise TransferkitError(f"data.source: no image files found in {source}")
 
-    frame, rejects = validate(candidates, root, params)
-    counts = Counter(frame["label"])
-    all_labels = sorted({c.label.strip() for c in candidates if c.label.strip()})
-    too_few = {label: counts.get(label, 0) for label in all_labels if counts.get(label, 0) < params.min_images_per_class}
-    if too_few:
-        listed = ", ".join(f"{k} ({v})" for k, v in too_few.items())
-        raise TransferkitError(
-            f"{source}: class(es) with fewer than data.min_images_per_class={params.min_images_per_class} "
-            f"valid images: {listed}. Add images, remove the class, or lower data.min_images_per_class.")
-    classes = sorted(counts)
-    if len(classes) < 2:
-        raise TransferkitError(f"{source}: found {len(classes)} class ({', '.join(classes)}); a classifier needs at least 2")
+    # Labels: surrounding spaces never matter, and case-only variants are one class.
+    for c in candidates:
+        c.label = c.label.strip()
+    renames = merge_label_spellings([c.label for c in candidates if c.label] + [f.strip() for f in folders])
+    for c in candidates:
+        c.label = renames.get(c.label, c.label)
+    labels = sorted({renames.get(f.strip(), f.strip()) for f in folders} | {c.label for c in candidates if c.label})
+
+    # Cheap checks first: counting files costs nothing, decoding them all does.
+    splits_given = any(c.split for c in candidates)
+    _check_class_sizes(Counter(c.label for c in candidates if not c.problem), labels, params, source, "candidate",
+                       splits_given)
+    frame, rejects = validate(candidates, params)
+    _check_class_sizes(Counter(frame["label"]), labels, params, source, "valid", splits_given)
+    classes = labels
 
     frame = assign_splits(frame, params.val_fraction, params.test_fraction, params.seed)
     frame["label_index"] = frame["label"].map({c: i for i, c in enumerate(classes)}).astype("int32")
@@ -197,12 +297,12 @@ def prepare(source: str | Path, out_dir: str | Path, params: DataParams) -> dict
 
     per_split = {s: frame.loc[frame["split"] == s, "label"].value_counts().reindex(classes, fill_value=0).astype(int).to_dict()
                  for s in SPLITS}
-    if params.test_fraction > 0:
-        empty = [c for c in classes if per_split["test"][c] == 0]
-        if empty:
-            raise TransferkitError(
-                f"data.test_fraction={params.test_fraction} leaves no test image for class(es) {', '.join(empty)}; "
-                f"raise data.test_fraction or add images")
+    # Every class needs test images, whether splits were assigned here or given by a manifest.
+    empty = [c for c in classes if per_split["test"][c] == 0]
+    if empty:
+        raise TransferkitError(
+            f"no test image for class(es) {', '.join(empty)}: raise data.test_fraction, add images, "
+            f"or give them split=test in the manifest")
     report = {
         "source": str(source),
         "images": int(len(frame)),
@@ -210,6 +310,7 @@ def prepare(source: str | Path, out_dir: str | Path, params: DataParams) -> dict
         "per_split": per_split,
         "unique_images": int(frame["sha256"].nunique()),
         "duplicate_files": int(len(frame) - frame["sha256"].nunique()),
+        "label_merges": [{"label": old, "merged_into": new} for old, new in sorted(renames.items())],
         "rejected": rejects,
         "skipped": skipped,
     }

@@ -10,6 +10,7 @@ applies the EXIF orientation, converts to RGB and resizes.
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from pathlib import Path
 
@@ -53,7 +54,10 @@ def _open(path: str | Path, max_pixels: int, draft_size: int | None = None) -> I
                 image.draft("RGB", (draft_size, draft_size))
             image.load()  # decode now, so truncated files fail here, not later
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(f"too large (decompression-bomb limit {max_pixels} pixels): {exc}") from None
+        found = re.search(r"\((\d+) pixels\)", str(exc))  # PIL: "Image size (N pixels) exceeds ..."
+        size = f"{int(found.group(1))} pixels" if found else "size"
+        raise ImageRejected(
+            f"too large: {size} is over data.max_image_pixels={max_pixels} (decompression-bomb guard)") from None
     except UnidentifiedImageError:
         raise ImageRejected("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -79,11 +83,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def inspect_image(path: str | Path, min_side: int, max_pixels: int) -> tuple[int, int]:
-    """Validate one file by decoding it; return (width, height) or raise ImageRejected."""
+    """Validate one file exactly as the later stages will read it; return upright (width, height).
+
+    The full conversion to RGB runs here too, so an image that `prepare`
+    accepts can never fail later in extract, finetune or evaluate.
+    """
     if Path(path).stat().st_size == 0:
         raise ImageRejected("empty file (0 bytes)")
     image = _open(path, max_pixels)
-    width, height = image.size
+    try:
+        width, height = to_rgb(image).size
+    except (OSError, SyntaxError, ValueError, TypeError) as exc:  # odd modes, corrupt EXIF
+        raise ImageRejected(f"cannot convert to RGB ({image.mode}): {exc}") from None
     if min(width, height) < min_side:
         raise ImageRejected(f"too small: {width}x{height} pixels (data.min_image_side is {min_side})")
     return width, height
