@@ -28,7 +28,7 @@ def main() -> None:
     params = load_params(args.params)
     histories = dict(item.split("=", 1) for item in args.history)
     sections = {"evaluate": params.evaluate.model_dump(), "tracking": params.tracking.model_dump()}
-    with StageRun("evaluate", params.model_dump(), sections, params.tracking.experiment) as run:
+    with StageRun("evaluate", params, sections) as run:
         model, meta = load_classifier(args.model)
         report = evaluate(args.manifest, model, meta, args.metrics, args.plots, histories, params.evaluate)
         print(f"evaluate: test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "

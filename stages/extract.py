@@ -20,7 +20,7 @@ def main() -> None:
 
     params = load_params(args.params)
     sections = {"backbone": params.backbone.model_dump(), "extract": params.extract.model_dump()}
-    with StageRun("extract", params.model_dump(), sections, params.tracking.experiment) as run:
+    with StageRun("extract", params, sections) as run:
         summary = extract(args.manifest, args.features, params.backbone, params.extract, params.data.seed)
         figures = {k: summary[k] for k in ("distinct_images", "computed", "reused", "seconds", "images_per_second")}
         write_json(args.metrics, figures)

@@ -24,7 +24,7 @@ def main() -> None:
 
     params = load_params(args.params)
     sections = {"backbone": params.backbone.model_dump(), "finetune": params.finetune.model_dump()}
-    with StageRun("finetune", params.model_dump(), sections, params.tracking.experiment) as run:
+    with StageRun("finetune", params, sections) as run:
         result = finetune(args.manifest, args.head, args.model, args.history, args.checkpoints, params.backbone,
                           params.finetune, params.data.seed, features_dir=args.features, tracker=run)
         write_json(args.metrics, result)

@@ -17,7 +17,7 @@ def main() -> None:
     from transferkit.tracking import StageRun
 
     params = load_params(args.params)
-    with StageRun("prepare", params.model_dump(), {"data": params.data.model_dump()}, params.tracking.experiment) as run:
+    with StageRun("prepare", params, {"data": params.data.model_dump()}) as run:
         report = prepare(args.source or params.data.source, args.out, params.data)
         print(f"prepare: {report['images']} images in {len(report['classes'])} classes "
               f"(train {sum(report['per_split']['train'].values())}, val {sum(report['per_split']['val'].values())}, "

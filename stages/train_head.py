@@ -21,7 +21,7 @@ def main() -> None:
     from transferkit.tracking import StageRun
 
     params = load_params(args.params)
-    with StageRun("train_head", params.model_dump(), {"head": params.head.model_dump()}, params.tracking.experiment) as run:
+    with StageRun("train_head", params, {"head": params.head.model_dump()}) as run:
         result = train_head(args.manifest, args.features, args.model, args.history, params.head,
                             params.data.seed, tracker=run)
         write_json(args.metrics, result)

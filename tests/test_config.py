@@ -32,6 +32,12 @@ def test_defaults_are_used_for_missing_sections():
     ({"data": {"test_fraction": 1.5}}, "data.test_fraction: Input should be less than 1"),
     ({"backbone": {"name": "resnet9000"}}, "backbone.name: Input should be 'efficientnet_lite0'"),
     ({"finetune": {"enabled": "maybe"}}, "finetune.enabled: Input should be a valid boolean"),
+    ({"backbone": {"weights": "imagenett"}}, "backbone.weights: Value error, must be 'imagenet', 'none' or a path"),
+    ({"backbone": {"weights": "missing/lite0.weights.h5"}}, "backbone.weights: Value error, weights file not found"),
+    ({"backbone": {"image_size": 16}}, "backbone.image_size: Input should be greater than or equal to 32"),
+    ({"data": {"min_images_per_class": 0}}, "data.min_images_per_class: Input should be greater than or equal to 1"),
+    ({"tracking": {"required": "sometimes"}}, "tracking.required: Input should be a valid boolean"),
+    ({"data": {"max_image_pixel": 10}}, "data.max_image_pixel: unknown key (did you mean 'max_image_pixels'?)"),
 ])
 def test_bad_params_name_the_key(raw, expected):
     with pytest.raises(TransferkitError) as info:

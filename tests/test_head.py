@@ -19,7 +19,7 @@ def test_head_shapes():
     assert model.input_shape == (None, 16) and model.output_shape == (None, 3)
 
 
-def write_fake_features(tmp_path, n_per_class=20, dim=16, seed=0):
+def write_fake_features(tmp_path, n_per_class=20, dim=16, seed=0, scale=1.0):
     """Separable embeddings in a real cache layout, with a manifest pointing at them."""
     rng = np.random.default_rng(seed)
     rows, hashes, vectors = [], [], []
@@ -31,7 +31,7 @@ def write_fake_features(tmp_path, n_per_class=20, dim=16, seed=0):
             rows.append({"path": f"x/{h}.png", "label": f"c{label}", "label_index": label, "split": split,
                          "sha256": h, "width": 8, "height": 8})
             hashes.append(h)
-            vectors.append(centres[label] + rng.normal(size=dim))
+            vectors.append(np.clip((centres[label] + rng.normal(size=dim)) * scale, -3e38, 3e38))  # float32 max 3.4e38
     manifest = tmp_path / "manifest.parquet"
     pd.DataFrame(rows).to_parquet(manifest)
     EmbeddingCache(tmp_path / "features" / "k").write_shard(hashes, np.array(vectors, dtype=np.float32))
@@ -60,3 +60,28 @@ def test_same_inputs_same_head(tmp_path):
     b = train_head(manifest, tmp_path / "features", tmp_path / "b.keras", tmp_path / "b.csv", params, seed=3)
     assert a == b
     assert pd.read_csv(tmp_path / "a.csv").equals(pd.read_csv(tmp_path / "b.csv"))
+
+
+def test_nan_loss_stops_training_and_publishes_nothing(tmp_path):
+    import pytest
+
+    from transferkit.errors import TransferkitError
+
+    # Finite but enormous embeddings: the logits overflow to inf, the loss to NaN.
+    manifest = write_fake_features(tmp_path, scale=1e38)
+    with pytest.raises(TransferkitError, match=r"loss became nan at epoch 0, batch 0.*no model was written"):
+        train_head(manifest, tmp_path / "features", tmp_path / "head.keras", tmp_path / "history.csv",
+                   HeadParams(epochs=3), seed=0)
+    assert not (tmp_path / "head.keras").exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_non_finite_embeddings_are_refused(tmp_path):
+    import pytest
+
+    from transferkit.errors import TransferkitError
+
+    manifest = write_fake_features(tmp_path, scale=float("nan"))
+    with pytest.raises(TransferkitError, match="NaN or infinite"):
+        train_head(manifest, tmp_path / "features", tmp_path / "head.keras", tmp_path / "history.csv",
+                   HeadParams(epochs=3), seed=0)

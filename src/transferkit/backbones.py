@@ -103,9 +103,9 @@ def _check_weights_path(weights: str) -> Path:
     path = Path(weights)
     if not path.name.endswith(".weights.h5"):
         raise BackboneError(
-            f"backbone weights must be 'imagenet', 'none' or a path to a Keras '.weights.h5' file, got {weights!r}")
+            f"backbone.weights must be 'imagenet', 'none' or a path to a Keras '.weights.h5' file, got {weights!r}")
     if not path.is_file():
-        raise BackboneError(f"weights file not found: {path}")
+        raise BackboneError(f"backbone.weights: weights file not found: {path}")
     return path
 
 
@@ -212,7 +212,7 @@ def _with_weights_file(model: keras.Model, path: Path | None, spec: BackboneSpec
     """Load a .weights.h5 file into the model; it must fit the architecture exactly."""
     if path is None:
         return model
-    problem = f"weights file {path} does not fit backbone {spec.name!r} ({image_size} px)"
+    problem = f"backbone.weights: weights file {path} does not fit backbone {spec.name!r} ({image_size} px)"
     try:
         with h5py.File(path, "r") as f:
             shapes: list[tuple[int, ...]] = []

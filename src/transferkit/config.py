@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from transferkit.errors import TransferkitError
 
@@ -43,6 +43,20 @@ class BackboneParams(Section):
     name: Literal[BACKBONE_NAMES] = "efficientnet_lite0"  # type: ignore[valid-type]
     weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a .weights.h5 file")
     image_size: int = Field(128, ge=32, le=1024, description="pixels (square); images are resized to it")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_word_or_existing_file(cls, value: str) -> str:
+        # Checked when params.yaml is read, so a typo stops every stage at once,
+        # not after prepare has decoded the whole dataset. Whether the file fits
+        # the architecture is checked when the backbone is built (start of extract).
+        if value in ("imagenet", "none"):
+            return value
+        if not value.endswith(".weights.h5"):
+            raise ValueError("must be 'imagenet', 'none' or a path to a Keras '.weights.h5' file")
+        if not Path(value).is_file():
+            raise ValueError(f"weights file not found: {Path(value).resolve()}")
+        return value
 
 
 class ExtractParams(Section):
@@ -78,6 +92,7 @@ class EvaluateParams(Section):
 class TrackingParams(Section):
     experiment: str = Field("transferkit", min_length=1)
     registered_model: str = Field("transferkit", min_length=1, description="MLflow model registry name")
+    required: bool = Field(True, description="an unreachable tracking server stops the run (false: warn, track locally)")
 
 
 class Params(Section):

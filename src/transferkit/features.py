@@ -29,7 +29,7 @@ import numpy as np
 from transferkit import device
 from transferkit.config import BackboneParams, ExtractParams
 from transferkit.errors import TransferkitError
-from transferkit.files import atomic_path, read_json, write_json
+from transferkit.files import atomic_path, read_json, remove_stale_temporaries, write_json
 from transferkit.images import RESIZE_SPEC
 from transferkit.progress import Progress
 
@@ -122,6 +122,8 @@ def extract(manifest_path: str | Path, features_dir: str | Path, backbone_params
     }
     key = cache_key(spec)
     cache = EmbeddingCache(Path(features_dir) / key)
+    for leftover in remove_stale_temporaries(cache.folder) if cache.folder.exists() else []:
+        print(f"extract: removed {leftover.name}, a half-written shard of an interrupted run", flush=True)
     write_json(cache.folder / "spec.json", spec)
 
     # One file per distinct content: duplicates share an embedding.

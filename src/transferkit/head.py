@@ -14,6 +14,7 @@ import numpy as np
 
 from transferkit.config import HeadParams
 from transferkit.data import classes_of, load_manifest
+from transferkit.errors import TransferkitError
 from transferkit.features import load_embeddings
 from transferkit.files import atomic_path
 from transferkit.training import class_weights, compile_classifier, nan_guard, seed_everything, write_history
@@ -51,6 +52,9 @@ def train_head(manifest_path: str | Path, features_dir: str | Path, model_path: 
         x_val, _ = load_embeddings(features_dir, val["sha256"].tolist())
         validation = (x_val, val["label_index"].to_numpy(np.int32))
 
+    if not (np.isfinite(x_train).all() and (validation is None or np.isfinite(validation[0]).all())):
+        raise TransferkitError(f"{features_dir}: the cached embeddings hold NaN or infinite values; "
+                               f"the backbone weights are broken (check backbone.weights)")
     model = build_head(current["embedding_dim"], len(classes), params)
     compile_classifier(model, params.learning_rate)
     monitor = "val_loss" if has_val else "loss"

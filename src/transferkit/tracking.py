@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,24 @@ def repo_root() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def server_problem(uri: str, timeout: float = 5.0) -> str | None:
+    """Why an http(s) tracking server cannot be reached, or None when it answers (or the store is local).
+
+    One quick request to the server's /health endpoint, before any work:
+    MLflow's own client retries for minutes before it gives up. Any HTTP
+    answer counts as reachable (a proxy may well answer 401 or 404 here).
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as exc:  # URLError (refused, DNS), timeout, malformed URL
+        return str(getattr(exc, "reason", None) or exc)
+    return None
 
 
 def _launcher_id() -> str:
@@ -78,12 +99,14 @@ def _git_commit(root: Path) -> str | None:
 class StageRun:
     """A child run for one stage, under the execution's parent run.
 
-        with StageRun("train_head", params, params.head.model_dump()) as run:
+        with StageRun("train_head", params, {"head": params.head.model_dump()}) as run:
             run.log_metrics({"val_accuracy": 0.9})
     """
 
-    def __init__(self, stage: str, all_params: dict[str, Any], stage_params: dict[str, Any], experiment: str):
-        self.stage, self.all_params, self.stage_params, self.experiment = stage, all_params, stage_params, experiment
+    def __init__(self, stage: str, params, stage_params: dict[str, Any]):
+        """params: the whole validated Params (logged on the parent run; its tracking section is used here)."""
+        self.stage, self.all_params, self.stage_params = stage, params.model_dump(), stage_params
+        self.experiment, self.required = params.tracking.experiment, params.tracking.required
         self.client = None
         self.parent_id = self.run_id = None
 
@@ -92,16 +115,25 @@ class StageRun:
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from transferkit.errors import TransferkitError
+
         uri = tracking_uri()
         # Read before set_tracking_uri, which also exports MLFLOW_TRACKING_URI.
         self.local_default_store = not os.environ.get("MLFLOW_TRACKING_URI")
+        problem = server_problem(uri)
+        if problem and self.required:
+            raise TransferkitError(
+                f"MLflow tracking server {uri} is unreachable ({problem}). Start it, correct MLFLOW_TRACKING_URI, "
+                f"or set tracking.required: false in params.yaml to go on with local-only tracking.")
+        if problem:
+            uri, self.local_default_store = f"sqlite:///{repo_root() / 'mlflow.db'}", True
+            print(f"{self.stage}: warning: MLflow tracking server unreachable ({problem}); "
+                  f"tracking.required is false, so this run is tracked locally in {uri}", file=sys.stderr, flush=True)
         mlflow.set_tracking_uri(uri)
         try:
             self.client = MlflowClient(uri)
             experiment_id = self._experiment_id()
-        except Exception as exc:  # unreachable server, bad URI, locked database
-            from transferkit.errors import TransferkitError
-
+        except Exception as exc:  # bad URI, locked or unwritable database
             raise TransferkitError(f"MLflow tracking store {uri} is not usable: {exc}") from None
         self.experiment_id = experiment_id
         self.parent_id = self._parent_run(experiment_id)

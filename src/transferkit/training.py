@@ -35,12 +35,18 @@ def nan_guard(stage: str):
     import keras
 
     class _Guard(keras.callbacks.Callback):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
         def on_train_batch_end(self, batch, logs=None):
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
                 raise TransferkitError(
-                    f"{stage}: the loss became {loss} at batch {batch}; lower the learning rate. "
-                    f"No model was written.")
+                    f"{stage}: the loss became {float(loss)} at epoch {self.epoch}, batch {batch}: the learning rate "
+                    f"is too high for these inputs, or the inputs hold huge values. Training stopped; no model was "
+                    f"written. Lower {stage}.learning_rate and rerun.")
 
     return _Guard()
 
