@@ -13,7 +13,9 @@ The second phase of the Keras transfer-learning recipe, done correctly:
 
 Every epoch writes a checkpoint (weights, optimizer state, early-stopping
 state) under the checkpoint folder; a rerun with the same inputs resumes after
-the last completed epoch. `finetune.enabled: false` skips training and writes
+the last completed epoch (even after a SIGKILL). A resumed run continues the
+same training, but is not bit-identical to an uninterrupted one: tf.data's
+shuffle order restarts its per-epoch sequence in the new process. `finetune.enabled: false` skips training and writes
 the head model on top of the frozen backbone.
 
 The published model takes raw RGB pixels (0..255, float32) of
@@ -81,9 +83,12 @@ def run_fingerprint(parts: dict) -> str:
 class Checkpointer:
     """Per-epoch checkpoint + early stopping whose state survives a kill.
 
-    Files in `folder`: last.weights.h5 (model and optimizer state after the last
-    completed epoch), best.weights.h5 (lowest monitored loss so far) and
-    state.json, written last, so a checkpoint is complete when state.json says so.
+    After each epoch: the weights (model and optimizer state) go to
+    `epoch-<n>.weights.h5`, then `state.json` is rewritten. state.json is the
+    commit point: it names the last completed epoch's file and the best
+    epoch's file, and a file is deleted only once state.json no longer names
+    it. A kill at any moment leaves state.json describing files that exist
+    and match it.
     """
 
     def __init__(self, folder: Path, fingerprint: str, monitor: str, patience: int):
@@ -95,6 +100,9 @@ class Checkpointer:
     def state_path(self) -> Path:
         return self.folder / "state.json"
 
+    def weights_path(self, epoch: int) -> Path:
+        return self.folder / f"epoch-{epoch}.weights.h5"
+
     def resume(self, model) -> int:
         """Load a matching checkpoint into `model`; returns the first epoch still to run."""
         if not self.state_path.exists():
@@ -102,9 +110,10 @@ class Checkpointer:
         state = read_json(self.state_path)
         if state.get("fingerprint") != self.fingerprint:
             print("finetune: checkpoint is from different inputs; starting over", flush=True)
+            self.clear()
             return 0
         model.optimizer.build(model.trainable_variables)  # so the saved optimizer state has a place to go
-        model.load_weights(self.folder / "last.weights.h5")
+        model.load_weights(self.weights_path(state["epoch"]))
         self.state = state
         print(f"finetune: resuming after epoch {state['epoch']} from {self.folder}", flush=True)
         return state["epoch"] + 1
@@ -126,24 +135,24 @@ class Checkpointer:
         value = float(logs[self.monitor])
         if state["best"] is None or value < state["best"]:
             state.update(best=value, best_epoch=epoch, wait=0)
-            self._save_weights(model, "best.weights.h5")
         else:
             state["wait"] += 1
         if state["wait"] >= self.patience:
             state["stopped"] = True
             model.stop_training = True
         state["epoch"] = epoch
-        self._save_weights(model, "last.weights.h5")
-        write_json(self.state_path, state)
-
-    def _save_weights(self, model, name: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.folder / name) as tmp:
+        with atomic_path(self.weights_path(epoch)) as tmp:
             model.save_weights(tmp)
+        write_json(self.state_path, state)  # the commit point
+        keep = {self.weights_path(epoch).name, self.weights_path(state["best_epoch"]).name}
+        for old in self.folder.glob("epoch-*.weights.h5"):
+            if old.name not in keep:
+                old.unlink()
 
     def restore_best(self, model) -> None:
         if self.state["best_epoch"] is not None:
-            model.load_weights(self.folder / "best.weights.h5")
+            model.load_weights(self.weights_path(self.state["best_epoch"]))
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,203 @@
+"""Faults, for real: stage processes killed with SIGKILL mid-run, then rerun; an unreachable tracking server.
+
+Each stage runs as its own process (the stage scripts DVC runs), on tiny
+images, with a real MLflow sqlite store. Nothing here is simulated except the
+moment of the kill, which is made deterministic where it can be:
+
+- extract: one image file is swapped for a named pipe (FIFO) before the run.
+  Opening it blocks, so the process stalls exactly there, after every shard
+  before it has been written; the test kills it while it waits.
+- finetune: killed as soon as the first epoch's checkpoint is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, make_image_folder
+from transferkit.features import EmbeddingCache, load_embeddings
+
+pytestmark = pytest.mark.e2e
+
+SHARD, BATCH, BLOCK_AT = 8, 4, 20  # the pipe is image 20 of the todo list: shards 0-7 and 8-15 get written
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("faults")
+    make_image_folder(root / "images", per_class=20, size=40)
+    params = {
+        "data": {"source": str(root / "images"), "val_fraction": 0.2, "test_fraction": 0.2},
+        "backbone": {"image_size": 32},
+        "extract": {"batch_size": BATCH, "shard_size": SHARD},
+        "head": {"epochs": 5},
+        "finetune": {"epochs": 4, "patience": 10, "unfreeze": 10, "batch_size": 8},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    stage(root, "prepare", "--out", "prepared")
+    return root
+
+
+def environ(root: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+def command(root: Path, name: str, *args: str) -> list[str]:
+    return [sys.executable, str(REPO / "stages" / f"{name}.py"), "--params", str(root / "params.yaml"), *args]
+
+
+def stage(root: Path, name: str, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    out = subprocess.run(command(root, name, *args), cwd=root, env=environ(root, **env),
+                         capture_output=True, text=True, timeout=900)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def extract_args(root: Path, features: str = "features") -> list[str]:
+    return ["--manifest", "prepared/manifest.parquet", "--features", features, "--metrics", f"metrics/{features}.json"]
+
+
+def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for the kill point")
+        time.sleep(0.02)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_killed_extract_keeps_its_shards_and_the_rerun_computes_only_the_rest(workspace):
+    root = workspace
+    manifest = pd.read_parquet(root / "prepared" / "manifest.parquet")
+    hashes = sorted(manifest["sha256"].unique())  # extract's todo order
+    victim = Path(manifest.set_index("sha256").loc[hashes[BLOCK_AT], "path"])
+    victim = victim if victim.is_absolute() else root / victim
+    original = victim.read_bytes()
+    victim.unlink()
+    os.mkfifo(victim)
+
+    log = root / "extract-killed.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(command(root, "extract", *extract_args(root)), cwd=root, env=environ(root),
+                                stdout=sink, stderr=subprocess.STDOUT)
+    shards = lambda: list((root / "features").glob("*/shard-*.npz"))  # noqa: E731
+    wait_for(lambda: len(shards()) == BLOCK_AT // SHARD, proc, log)
+    time.sleep(1.0)  # blocked on the pipe: nothing more can be written
+    kill(proc)
+    assert len(shards()) == BLOCK_AT // SHARD
+    cache_dir = shards()[0].parent
+    # What a writer killed in the middle of a shard leaves: a half file under a temporary name.
+    half = shards()[0].read_bytes()
+    (cache_dir / f".tmp-{proc.pid}-shard-99999999999999999999-{proc.pid}.npz").write_bytes(half[: len(half) // 2])
+    kept = {}
+    for shard in shards():
+        with np.load(shard, allow_pickle=False) as data:  # every shard on disk is whole
+            assert len(data["sha256"]) == SHARD
+            kept.update(zip(data["sha256"].tolist(), data["embeddings"]))
+
+    victim.unlink()
+    victim.write_bytes(original)
+    rerun = stage(root, "extract", *extract_args(root))
+    figures = json.loads((root / "metrics" / "features.json").read_text())
+    assert (figures["reused"], figures["computed"]) == (len(kept), len(hashes) - len(kept)) == (16, 44)
+    assert "half-written shard of an interrupted run" in rerun.stdout
+    assert not list(cache_dir.glob(".tmp-*"))
+    assert EmbeddingCache(cache_dir).known_hashes() == set(hashes)
+
+    embeddings, _ = load_embeddings(root / "features", hashes)
+    for i, h in enumerate(hashes):
+        if h in kept:
+            np.testing.assert_array_equal(embeddings[i], kept[h])  # reused, not recomputed
+    # The same embeddings as one uninterrupted run.
+    stage(root, "extract", *extract_args(root, "features-clean"))
+    clean, _ = load_embeddings(root / "features-clean", hashes)
+    np.testing.assert_allclose(embeddings, clean, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained_head(workspace) -> Path:
+    stage(workspace, "extract", *extract_args(workspace))
+    stage(workspace, "train_head", "--manifest", "prepared/manifest.parquet", "--features", "features",
+          "--model", "models/head.keras", "--history", "plots/train_head.csv", "--metrics", "metrics/train_head.json")
+    return workspace
+
+
+def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head):
+    root = trained_head
+    args = ["--manifest", "prepared/manifest.parquet", "--features", "features", "--head", "models/head.keras",
+            "--model", "models/model.keras", "--history", "plots/finetune.csv", "--metrics", "metrics/finetune.json",
+            "--checkpoints", ".checkpoints/finetune"]
+    state_path = root / ".checkpoints" / "finetune" / "state.json"
+    log = root / "finetune-killed.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(command(root, "finetune", *args), cwd=root, env=environ(root),
+                                stdout=sink, stderr=subprocess.STDOUT)
+    wait_for(state_path.exists, proc, log)
+    kill(proc)
+    state = json.loads(state_path.read_text())
+    done = state["epoch"]
+    assert 0 <= done < 3 and len(state["history"]) == done + 1
+    assert not (root / "models" / "model.keras").exists()  # nothing published by the killed run
+
+    rerun = stage(root, "finetune", *args)
+    assert f"resuming after epoch {done}" in rerun.stdout
+    history = pd.read_csv(root / "plots" / "finetune.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    # The epochs completed before the kill are kept as they were, not trained again.
+    for before, after in zip(state["history"], history.to_dict("records")):
+        assert after["loss"] == pytest.approx(before["loss"], rel=0, abs=0)
+    import keras
+
+    assert keras.saving.load_model(root / "models" / "model.keras", safe_mode=True).output_shape == (None, 3)
+    assert not state_path.parent.exists()  # cleared once the model is published
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_unreachable_tracking_server_stops_the_stage_before_any_work(workspace):
+    out = stage(workspace, "prepare", "--out", "prepared-offline", check=False, MLFLOW_TRACKING_URI=closed_port_url())
+    assert out.returncode == 1
+    assert "prepare: error: MLflow tracking server" in out.stderr and "tracking.required: false" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (workspace / "prepared-offline").exists()
+
+
+def test_unreachable_tracking_server_not_required_warns_and_tracks_locally(workspace, tmp_path):
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["tracking"] = {"required": False}
+    relaxed = tmp_path / "params.yaml"
+    relaxed.write_text(yaml.safe_dump(params))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(relaxed), "--out", "prepared"],
+        cwd=tmp_path, env={**environ(workspace), "MLFLOW_TRACKING_URI": closed_port_url()},
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "warning: MLflow tracking server unreachable" in out.stderr
+    assert (tmp_path / "prepared" / "manifest.parquet").exists()
+    assert (tmp_path / "mlflow.db").exists()  # the local store at the working folder
