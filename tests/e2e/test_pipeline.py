@@ -23,10 +23,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, draw_example, make_image_folder
+from messy_data import OK, UNICODE_CLASS, add_messy_files
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent  # the venv running the tests: its python, dvc, mlflow, transferkit
 
+MESSY: dict[str, str] = {}  # filled by the project fixture: messy file -> expected outcome
 TINY = {
     "data": {"source": "data/tiny", "val_fraction": 0.2, "test_fraction": 0.2},
     "backbone": {"image_size": 32},
@@ -66,6 +68,8 @@ def project(tmp_path_factory, env) -> Path:
         shutil.copy2(REPO / name, root / name)
     (root / "dvc.lock").unlink(missing_ok=True)
     make_image_folder(root / "data" / "tiny", per_class=10, size=40)
+    # Real folders are messy: broken, odd and unusual files ride along through every stage.
+    MESSY.update(add_messy_files(root / "data" / "tiny", broken_symlink=False))
     params = yaml.safe_load((root / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
@@ -81,16 +85,20 @@ def first_run(project, env) -> subprocess.CompletedProcess:
     return sh(["dvc", "repro"], project, env)
 
 
-def test_full_pipeline_produces_model_metrics_and_plots(project, first_run):
+def test_full_pipeline_produces_model_metrics_and_plots(project, first_run, env):
     assert stages_run(first_run.stdout) == ["prepare", "extract", "train_head", "finetune", "evaluate"]
     assert "images/s" in first_run.stderr  # extract reports throughput
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics
-    assert set(metrics["per_class"]) == {"circle", "square", "triangle"}
+    assert set(metrics["per_class"]) == {"circle", "square", "triangle", UNICODE_CLASS}
+    report = json.loads((project / "data" / "prepared" / "report.json").read_text())
+    listed = {r["path"].removeprefix("data/tiny/"): r["reason"] for r in report["rejected"] + report["skipped"]}
+    assert set(listed) == {name for name, outcome in MESSY.items() if outcome != OK}
+    assert "Traceback" not in first_run.stdout + first_run.stderr
     for name in ("confusion.png", "calibration.png", "curves.png", "confusion.csv", "train_head.csv", "finetune.csv"):
         assert (project / "plots" / name).stat().st_size > 0, name
     assert (project / "models" / "model.keras").exists()
-    shown = sh(["dvc", "metrics", "show", "--json"], project).stdout
+    shown = sh(["dvc", "metrics", "show", "--json"], project, env).stdout
     assert "macro_f1" in shown
 
 
@@ -129,10 +137,21 @@ def test_predict_on_new_images(project, first_run, env, tmp_path):
     out = sh(["transferkit", "predict", str(tmp_path), "--top-k", "2"], project, env)
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "path,rank,label,probability" and len(lines) == 1 + 2 * 2
-    assert {line.split(",")[2] for line in lines[1:]} <= {"circle", "square", "triangle"}
+    assert {line.split(",")[2] for line in lines[1:]} <= {"circle", "square", "triangle", UNICODE_CLASS}
     as_json = json.loads(sh(["transferkit", "predict", str(tmp_path / "new square.png"), "--format", "json"],
                             project, env).stdout)
     assert len(as_json) == 1 and 0.0 <= as_json[0]["predictions"][0]["probability"] <= 1.0
+
+
+def test_same_inputs_same_model(project, first_run, env):
+    """Training again from the same data and params gives the same metrics and predictions, to the bit."""
+    outputs = ["metrics/train_head.json", "metrics/finetune.json", "metrics/evaluate.json", "plots/predictions.csv",
+               "plots/train_head.csv", "plots/finetune.csv"]
+    before = {name: (project / name).read_bytes() for name in outputs}
+    again = sh(["dvc", "repro", "--force", "--downstream", "train_head"], project, env)
+    assert stages_run(again.stdout) == ["train_head", "finetune", "evaluate"]
+    for name in outputs:
+        assert (project / name).read_bytes() == before[name], f"{name} differs between two identical runs"
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +187,7 @@ def test_experiment_reruns_only_head_finetune_evaluate(project, first_run, env, 
     server_env = {**env, "MLFLOW_TRACKING_URI": mlflow_server}
     out = sh(["dvc", "exp", "run", "-n", "lr-3e-3", "-S", "head.learning_rate=0.003"], project, server_env)
     assert stages_run(out.stdout) == ["train_head", "finetune", "evaluate"]
-    shown = sh(["dvc", "exp", "show", "--json"], project).stdout
+    shown = sh(["dvc", "exp", "show", "--json"], project, env).stdout
     assert "lr-3e-3" in shown
 
     client = MlflowClient(mlflow_server)
@@ -180,3 +199,16 @@ def test_experiment_reruns_only_head_finetune_evaluate(project, first_run, env, 
     assert "test_accuracy" in parent.data.metrics
     children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
     assert children == ["evaluate", "finetune", "train_head"]
+
+
+def test_broken_symlink_in_the_data_folder_is_named_by_dvc(project, first_run, env):
+    """DVC hashes the data folder before prepare runs and cannot hash a dangling link: it stops,
+    naming the file, with no traceback (prepare alone reports such a link and goes on)."""
+    link = project / "data" / "tiny" / "circle" / "dangling.png"
+    link.symlink_to(project / "data" / "tiny" / "circle" / "gone.png")
+    try:
+        out = sh(["dvc", "repro"], project, env, check=False)
+    finally:
+        link.unlink()
+    assert out.returncode != 0
+    assert "dangling.png" in out.stderr + out.stdout and "Traceback" not in out.stderr
