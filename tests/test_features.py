@@ -65,3 +65,31 @@ def test_new_weights_or_size_never_reuse_stale_embeddings(prepared, tmp_path):
 def test_missing_embeddings_are_an_error(prepared, tmp_path):
     with pytest.raises(TransferkitError, match="extract"):
         load_embeddings(tmp_path / "no-features", ["abc"])
+
+
+def test_changed_weights_file_or_preprocessing_never_reuse_stale_embeddings(prepared, tmp_path, monkeypatch):
+    from transferkit.backbones import build_backbone
+
+    features = tmp_path / "features"
+    weights = tmp_path / "lite0.weights.h5"
+    model = build_backbone("efficientnet_lite0", "none", 32)
+    model.save_weights(weights)
+    from_file = BACKBONE.model_copy(update={"weights": str(weights)})
+    first = extract(prepared, features, from_file, ExtractParams(), seed=0)
+
+    # Same path, new contents (one weight nudged): the key follows the weights, not the file name.
+    kernel = model.layers[-3].weights[0]
+    kernel.assign(kernel.numpy() + 1e-3)
+    model.save_weights(weights)
+    second = extract(prepared, features, from_file, ExtractParams(), seed=0)
+    assert second["key"] != first["key"] and second["computed"] == 24 and second["reused"] == 0
+
+    # A change to how pixels are decoded or resized gets a new key too.
+    monkeypatch.setattr("transferkit.features.RESIZE_SPEC", "pil-exif-rgb-bicubic-squash-v2")
+    third = extract(prepared, features, from_file, ExtractParams(), seed=0)
+    assert third["key"] not in (first["key"], second["key"]) and third["computed"] == 24
+
+    # The downstream stages read the embeddings of the key the last extract wrote.
+    manifest = pd.read_parquet(prepared)
+    _, current = load_embeddings(features, manifest["sha256"].tolist())
+    assert current["key"] == third["key"]
