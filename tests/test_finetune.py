@@ -104,3 +104,19 @@ def test_interrupted_finetune_resumes_from_last_epoch(trained_head, capsys):
     assert "resuming after epoch 0" in capsys.readouterr().out
     assert result["epochs_run"] == 3
     assert pd.read_csv(root / "resumed.csv")["epoch"].tolist() == [0, 1, 2]
+
+
+def test_nan_loss_stops_finetune_and_publishes_nothing(trained_head):
+    from transferkit.errors import TransferkitError
+
+    root = trained_head
+    head = keras.saving.load_model(root / "head.keras", safe_mode=True)
+    output = head.get_layer("head_output")
+    kernel, bias = output.get_weights()
+    output.set_weights([np.full_like(kernel, 3e38), bias])  # logits overflow: inf - inf = NaN
+    head.save(root / "head-broken.keras")
+    with pytest.raises(TransferkitError, match=r"finetune: the loss became nan.*Lower finetune.learning_rate"):
+        finetune(root / "prepared" / "manifest.parquet", root / "head-broken.keras", root / "broken.keras",
+                 root / "broken.csv", root / "ckpt-broken", BACKBONE, FinetuneParams(epochs=2), SEED,
+                 features_dir=root / "features")
+    assert not (root / "broken.keras").exists() and not (root / "broken.json").exists()

@@ -210,7 +210,7 @@ def finetune(manifest_path: str | Path, head_path: str | Path, model_path: str |
         })
         ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, monitor, params.patience)
         first_epoch = ckpt.resume(trainer)
-        callbacks = [nan_guard("finetune"), ckpt.callback()]
+        callbacks = [nan_guard("finetune", "finetune.learning_rate"), ckpt.callback()]
         if tracker is not None:
             callbacks.append(tracker.keras_callback())
         if first_epoch < params.epochs and not ckpt.state["stopped"]:

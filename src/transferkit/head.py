@@ -59,7 +59,7 @@ def train_head(manifest_path: str | Path, features_dir: str | Path, model_path: 
     compile_classifier(model, params.learning_rate)
     monitor = "val_loss" if has_val else "loss"
     callbacks = [
-        nan_guard("train_head"),
+        nan_guard("train_head", "head.learning_rate"),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=params.patience, restore_best_weights=True),
     ]
     if tracker is not None:

@@ -30,7 +30,7 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, fl
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def nan_guard(stage: str):
+def nan_guard(stage: str, learning_rate_key: str):
     """A Keras callback that stops training with a clear error when the loss becomes NaN or infinite."""
     import keras
 
@@ -46,7 +46,7 @@ def nan_guard(stage: str):
                 raise TransferkitError(
                     f"{stage}: the loss became {float(loss)} at epoch {self.epoch}, batch {batch}: the learning rate "
                     f"is too high for these inputs, or the inputs hold huge values. Training stopped; no model was "
-                    f"written. Lower {stage}.learning_rate and rerun.")
+                    f"written. Lower {learning_rate_key} in params.yaml and rerun.")
 
     return _Guard()
 
