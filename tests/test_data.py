@@ -126,23 +126,43 @@ def outcome_of(report: dict, manifest: pd.DataFrame, relative: str) -> str:
 
 
 def test_messy_folder_keeps_good_images_and_reports_every_bad_one(image_folder, tmp_path):
-    import resource
-
     from messy_data import UNICODE_CLASS, add_messy_files
 
     expected = add_messy_files(image_folder)
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     report, manifest = run_prepare(image_folder, tmp_path)
-    peak_growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
 
     for relative, wanted in expected.items():
         got = outcome_of(report, manifest, relative)
         assert (got == "ok") if wanted == "ok" else (wanted in got), f"{relative}: expected {wanted!r}, got {got!r}"
-    # The 0.4-gigapixel PNG was refused from its header, never decoded (that would take > 400 MiB).
-    assert peak_growth_mib < 200
     assert report["classes"] == ["circle", UNICODE_CLASS, "square", "triangle"]
     assert report["duplicate_files"] == 1  # link.png: same bytes as its target
     assert manifest.groupby("sha256")["split"].nunique().max() == 1
+
+
+def test_decompression_bomb_is_refused_without_decoding_it(tmp_path):
+    """In a fresh process, so its peak memory is this check's alone: decoding the
+    0.4-gigapixel PNG would take over 400 MiB; refusing it from the header takes nothing."""
+    import subprocess
+    import sys
+
+    from messy_data import write_png_bomb
+
+    write_png_bomb(tmp_path / "bomb.png")
+    script = (
+        "import re, sys\n"
+        "from transferkit.images import ImageRejected, inspect_image\n"
+        "try:\n"
+        "    inspect_image(sys.argv[1], 8, 89_478_485)\n"
+        "except ImageRejected as exc:\n"
+        "    print(exc)\n"
+        # VmHWM: this program's peak resident memory (ru_maxrss would include the forking parent's).
+        "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "bomb.png")], capture_output=True, text=True,
+                         check=True)
+    reason, peak_mib = out.stdout.strip().splitlines()
+    assert reason.startswith("too large: 400000000 pixels is over data.max_image_pixels=89478485")
+    assert int(peak_mib) < 200
 
 
 def test_unusual_images_decode_to_upright_rgb(tmp_path):
@@ -183,10 +203,11 @@ def test_messy_manifest(image_folder, tmp_path, kind):
         {"path": "square/square_0_001.png", "label": "square", "split": "holdout"},
         {"path": "triangle/triangle_0_000.png", "label": "", "split": None},
         {"path": "square/square_0_002.png", "label": "circle", "split": None},  # same bytes, second label
+        {"path": "../elsewhere/x.png", "label": "dgo", "split": None},  # a bad row does not make a class
     ]
     # Labels that differ only in case or surrounding spaces are one class.
     rows[1]["label"], rows[2]["label"], rows[9]["label"] = " Circle", "CIRCLE ", "square  "
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).assign(annotator="ann")  # an extra column: ignored, noted in the report
     manifest_path = image_folder / f"labels.{kind}"
     table.to_csv(manifest_path, index=False) if kind == "csv" else table.to_parquet(manifest_path, index=False)
 
@@ -194,10 +215,11 @@ def test_messy_manifest(image_folder, tmp_path, kind):
     assert report["classes"] == ["circle", "square", "triangle"]
     assert {m["label"] for m in report["label_merges"]} == {" Circle".strip(), "CIRCLE"}
     reasons = [r["reason"] for r in report["rejected"]]
-    for fragment in ("file not found", "duplicate manifest row", "unknown split 'holdout'", "empty label",
+    for fragment in ("file not found", "manifest row 26 repeats row 1", "unknown split 'holdout'", "empty label",
                      "label conflict"):
         assert any(fragment in r for r in reasons), fragment
-    assert sum("outside the data root" in r for r in reasons) == 2
+    assert sum("outside the data root" in r for r in reasons) == 3
+    assert report["skipped"] == [{"path": str(manifest_path), "reason": "column(s) ignored: annotator"}]
     assert not manifest["path"].str.contains("passwd").any()
     assert (manifest["path"].str.endswith("circle_0_000.png")).sum() == 1
 
@@ -255,3 +277,28 @@ def test_stage_prints_one_clear_message_and_no_traceback(image_folder, tmp_path)
     assert out.returncode == 1
     assert "prepare: error:" in out.stderr and "lonely (1)" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_copies_do_not_make_a_class_big_enough(image_folder, tmp_path):
+    originals = sorted((image_folder / "triangle").iterdir())
+    for path in originals[1:]:
+        path.unlink()
+    for i in range(5):
+        shutil.copy(originals[0], image_folder / "triangle" / f"copy {i}.png")
+    with pytest.raises(TransferkitError, match=r"distinct valid images: triangle \(1\)"):
+        run_prepare(image_folder, tmp_path)
+
+
+def test_unicode_forms_of_a_label_are_one_class(image_folder, tmp_path):
+    decomposed, composed = "cafe\u0301", "caf\u00e9"  # macOS writes folder names decomposed
+    (image_folder / "circle").rename(image_folder / decomposed)
+    rows = [{"path": str(p.relative_to(image_folder)), "label": p.parent.name}
+            for p in sorted(image_folder.rglob("*.png"))]
+    for i, row in enumerate(rows):
+        if row["label"] == decomposed and i % 2:
+            row["label"] = composed
+    pd.DataFrame(rows).to_csv(image_folder / "labels.csv", index=False)
+    folder_report, _ = run_prepare(image_folder, tmp_path / "folder")
+    manifest_report, _ = run_prepare(image_folder / "labels.csv", tmp_path / "manifest")
+    assert composed in folder_report["classes"]
+    assert composed in manifest_report["classes"] and decomposed not in manifest_report["classes"]

@@ -115,7 +115,7 @@ def test_nan_loss_stops_finetune_and_publishes_nothing(trained_head):
     kernel, bias = output.get_weights()
     output.set_weights([np.full_like(kernel, 3e38), bias])  # logits overflow: inf - inf = NaN
     head.save(root / "head-broken.keras")
-    with pytest.raises(TransferkitError, match=r"finetune: the loss became nan.*Lower finetune.learning_rate"):
+    with pytest.raises(TransferkitError, match=r"finetune: loss became nan.*Lower finetune.learning_rate"):
         finetune(root / "prepared" / "manifest.parquet", root / "head-broken.keras", root / "broken.keras",
                  root / "broken.csv", root / "ckpt-broken", BACKBONE, FinetuneParams(epochs=2), SEED,
                  features_dir=root / "features")

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from transferkit.config import check_weights
 from transferkit.efficientnet_lite import build_efficientnet_lite
 from transferkit.errors import TransferkitError
 
@@ -100,13 +101,11 @@ def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
 
 
 def _check_weights_path(weights: str) -> Path:
-    path = Path(weights)
-    if not path.name.endswith(".weights.h5"):
-        raise BackboneError(
-            f"backbone.weights must be 'imagenet', 'none' or a path to a Keras '.weights.h5' file, got {weights!r}")
-    if not path.is_file():
-        raise BackboneError(f"backbone.weights: weights file not found: {path}")
-    return path
+    try:
+        check_weights(weights)
+    except ValueError as error:
+        raise BackboneError(f"backbone.weights: {error}") from None
+    return Path(weights)
 
 
 def _preprocessing_layers(kind: str) -> list[layers.Layer]:

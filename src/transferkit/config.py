@@ -23,6 +23,16 @@ BACKBONE_NAMES = (
 )
 
 
+def check_weights(value: str) -> None:
+    """backbone.weights: 'imagenet', 'none' or an existing .weights.h5 file; ValueError says what is wrong."""
+    if value in ("imagenet", "none"):
+        return
+    if not value.endswith(".weights.h5"):
+        raise ValueError(f"must be 'imagenet', 'none' or a path to a Keras '.weights.h5' file, got {value!r}")
+    if not Path(value).is_file():
+        raise ValueError(f"weights file not found: {Path(value).resolve()}")
+
+
 class Section(BaseModel):
     # frozen: stage code cannot change a knob behind params.yaml's back.
     # extra="forbid": an unknown key (a typo) is an error, never ignored.
@@ -33,7 +43,7 @@ class DataParams(Section):
     source: str = Field("data/sample", description="image folder (one sub-folder per class) or CSV/Parquet manifest")
     seed: int = Field(42, ge=0, description="seed for the split and for every random init")
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="evaluate needs test images in every class")
     min_images_per_class: int = Field(3, ge=1, description="a class with fewer valid images stops the run")
     min_image_side: int = Field(8, ge=1, description="pixels; smaller images are rejected")
     max_image_pixels: int = Field(89_478_485, ge=1, description="larger images are rejected (decompression bombs)")
@@ -50,12 +60,7 @@ class BackboneParams(Section):
         # Checked when params.yaml is read, so a typo stops every stage at once,
         # not after prepare has decoded the whole dataset. Whether the file fits
         # the architecture is checked when the backbone is built (start of extract).
-        if value in ("imagenet", "none"):
-            return value
-        if not value.endswith(".weights.h5"):
-            raise ValueError("must be 'imagenet', 'none' or a path to a Keras '.weights.h5' file")
-        if not Path(value).is_file():
-            raise ValueError(f"weights file not found: {Path(value).resolve()}")
+        check_weights(value)
         return value
 
 

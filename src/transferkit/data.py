@@ -14,6 +14,7 @@ copies are rejected.
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ def scan_folder(root: Path) -> tuple[list[Candidate], list[dict], list[str]]:
     """
     candidates, skipped, classes = [], [], []
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or entry.name in JUNK_FOLDERS:
+        if entry.name.startswith(".") or entry.name in JUNK_FOLDERS or entry.name in JUNK_FILES:
             skipped.append({"path": display_path(entry), "reason": "hidden or system entry"})
             continue
         if not entry.is_dir():
@@ -70,7 +71,9 @@ def scan_folder(root: Path) -> tuple[list[Candidate], list[dict], list[str]]:
             continue
         classes.append(entry.name)
         # os.walk(followlinks=False): a symlinked sub-folder is listed, not entered.
-        for folder, subfolders, files in os.walk(entry):
+        unreadable = lambda error: skipped.append(  # noqa: E731
+            {"path": display_path(Path(error.filename)), "reason": f"cannot read folder: {error.strerror}"})
+        for folder, subfolders, files in os.walk(entry, onerror=unreadable):
             folder_path = Path(folder)
             for name in sorted(subfolders):
                 if name.startswith(".") or name in JUNK_FOLDERS:
@@ -88,17 +91,20 @@ def scan_folder(root: Path) -> tuple[list[Candidate], list[dict], list[str]]:
     return candidates, skipped, classes
 
 
-def _cell(value) -> str:
+def _cell(value, strip: bool = True) -> str:
     """A manifest cell as text; empty for missing values (NaN/None), never the string 'nan'."""
-    return "" if value is None or pd.isna(value) else str(value).strip()
+    if value is None or pd.isna(value):
+        return ""
+    return str(value).strip() if strip else str(value)
 
 
-def read_manifest(path: Path) -> list[Candidate]:
+def read_manifest(path: Path) -> tuple[list[Candidate], list[dict]]:
     """A CSV or Parquet table of path,label[,split]; paths are relative to the manifest's folder.
 
-    Rows that cannot be used (no path, a path leaving the manifest's folder, a
-    row repeated) become candidates with a `problem`, so they appear in the
-    data report instead of vanishing.
+    Rows that cannot be used (no path, a path leaving the manifest's folder,
+    an unknown split, a row repeated) become candidates with a `problem`, so
+    they appear in the data report instead of vanishing. Other columns are
+    ignored and listed in the returned notes.
     """
     try:
         table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype=str)
@@ -107,13 +113,13 @@ def read_manifest(path: Path) -> list[Candidate]:
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise TransferkitError(f"{path}: manifest lacks column(s) {sorted(missing)}; need path,label[,split]")
-    unknown = set(table.columns) - {"path", "label", "split"}
-    if unknown:
-        raise TransferkitError(f"{path}: unknown manifest column(s) {sorted(unknown)}; allowed: path, label, split")
+    ignored = sorted(str(c) for c in set(table.columns) - {"path", "label", "split"})
+    notes = [{"path": display_path(path), "reason": f"column(s) ignored: {', '.join(ignored)}"}] if ignored else []
     root = path.parent
-    candidates, seen = [], set()
-    for number, row in enumerate(table.itertuples(index=False), start=2):  # CSV line 1 is the header
-        raw_path, label = _cell(row.path), _cell(row.label)
+    candidates, seen = [], {}
+    # Rows are numbered from 1, header excluded (in a CSV, row n is usually line n + 1).
+    for number, row in enumerate(table.itertuples(index=False), start=1):
+        raw_path, label = _cell(row.path, strip=False), _cell(row.label)
         split = _cell(getattr(row, "split", None)).lower() or None
         candidate = Candidate(root / raw_path, label, split)
         # Lexical check: a manifest may only point inside its own folder (symlinks
@@ -126,11 +132,11 @@ def read_manifest(path: Path) -> list[Candidate]:
         elif split is not None and split not in SPLITS:
             candidate.problem = f"unknown split {split!r} (allowed: {', '.join(SPLITS)})"
         elif (normal, label.casefold()) in seen:
-            candidate.problem = f"duplicate manifest row {number} (same path and label listed before)"
+            candidate.problem = f"manifest row {number} repeats row {seen[normal, label.casefold()]} (same path and label)"
         else:
-            seen.add((normal, label.casefold()))
+            seen[normal, label.casefold()] = number
         candidates.append(candidate)
-    return candidates
+    return candidates, notes
 
 
 def validate(candidates: list[Candidate], params: DataParams) -> tuple[pd.DataFrame, list[dict]]:
@@ -143,8 +149,6 @@ def validate(candidates: list[Candidate], params: DataParams) -> tuple[pd.DataFr
                 raise ImageRejected(c.problem)
             if not c.label:
                 raise ImageRejected("empty label")
-            if c.split is not None and c.split not in SPLITS:
-                raise ImageRejected(f"unknown split {c.split!r} (allowed: {', '.join(SPLITS)})")
             if c.path.is_symlink() and not c.path.exists():
                 raise ImageRejected(f"broken symlink (points to {os.readlink(c.path)})")
             if not c.path.exists():
@@ -164,6 +168,10 @@ def validate(candidates: list[Candidate], params: DataParams) -> tuple[pd.DataFr
         rows.append({"path": shown, "label": c.label, "split": c.split, "sha256": digest, "width": width, "height": height})
     frame = pd.DataFrame(rows, columns=["path", "label", "split", "sha256", "width", "height"])
     return _reject_label_conflicts(frame, rejects)
+
+
+def normalize_label(label: str) -> str:
+    return unicodedata.normalize("NFC", label).strip()
 
 
 def merge_label_spellings(labels: list[str]) -> dict[str, str]:
@@ -233,7 +241,7 @@ def assign_splits(frame: pd.DataFrame, val_fraction: float, test_fraction: float
     return frame
 
 
-def _check_class_sizes(counts: Counter, labels: list[str], params: DataParams, source: Path, stage: str,
+def _check_class_sizes(counts: Counter, labels: list[str], params: DataParams, source: Path, counted: str,
                        splits_given: bool) -> None:
     """Stop, naming the classes, when one has too few images to train on or to test on.
 
@@ -245,7 +253,8 @@ def _check_class_sizes(counts: Counter, labels: list[str], params: DataParams, s
         listed = ", ".join(f"{k} ({v})" for k, v in too_few.items())
         raise TransferkitError(
             f"{source}: class(es) with fewer than data.min_images_per_class={params.min_images_per_class} "
-            f"{stage} images: {listed}. Add images, remove the class folder, or lower data.min_images_per_class.")
+            f"{counted}: {listed}. Add images, remove the class (its folder or manifest rows), "
+            f"or lower data.min_images_per_class.")
     if len(labels) < 2:
         raise TransferkitError(
             f"{source}: found {len(labels)} class ({', '.join(labels)}); a classifier needs at least 2")
@@ -255,7 +264,7 @@ def _check_class_sizes(counts: Counter, labels: list[str], params: DataParams, s
     if no_test:
         raise TransferkitError(
             f"data.test_fraction={params.test_fraction} leaves no test image for class(es) {', '.join(no_test)} "
-            f"({stage} images: {', '.join(str(counts[c]) for c in no_test)}); raise data.test_fraction or add images")
+            f"({counted}: {', '.join(str(counts[c]) for c in no_test)}); raise data.test_fraction or add images")
 
 
 def prepare(source: str | Path, out_dir: str | Path, params: DataParams) -> dict:
@@ -268,27 +277,32 @@ def prepare(source: str | Path, out_dir: str | Path, params: DataParams) -> dict
     if source.is_dir():
         candidates, skipped, folders = scan_folder(source)
     elif source.is_file() and source.suffix.lower() in (".csv", ".parquet"):
-        candidates, skipped, folders = read_manifest(source), [], []
+        (candidates, skipped), folders = read_manifest(source), []
     else:
         raise TransferkitError(
             f"data.source: {source} is neither a folder of class sub-folders nor a .csv/.parquet manifest")
     if not candidates:
         raise TransferkitError(f"data.source: no image files found in {source}")
 
-    # Labels: surrounding spaces never matter, and case-only variants are one class.
+    # Labels: surrounding spaces never matter, nor the Unicode form (macOS writes
+    # folder names decomposed), and case-only variants are one class.
+    folders = [normalize_label(f) for f in folders]
     for c in candidates:
-        c.label = c.label.strip()
-    renames = merge_label_spellings([c.label for c in candidates if c.label] + [f.strip() for f in folders])
+        c.label = normalize_label(c.label)
+    renames = merge_label_spellings([c.label for c in candidates if c.label] + folders)
     for c in candidates:
         c.label = renames.get(c.label, c.label)
-    labels = sorted({renames.get(f.strip(), f.strip()) for f in folders} | {c.label for c in candidates if c.label})
+    # The classes: every class folder, and every label of a manifest row that names a file.
+    labels = sorted({renames.get(f, f) for f in folders} | {c.label for c in candidates if c.label and not c.problem})
 
     # Cheap checks first: counting files costs nothing, decoding them all does.
     splits_given = any(c.split for c in candidates)
-    _check_class_sizes(Counter(c.label for c in candidates if not c.problem), labels, params, source, "candidate",
-                       splits_given)
+    _check_class_sizes(Counter(c.label for c in candidates if not c.problem), labels, params, source,
+                       "image files", splits_given)
     frame, rejects = validate(candidates, params)
-    _check_class_sizes(Counter(frame["label"]), labels, params, source, "valid", splits_given)
+    # Identical bytes are one image: copies do not make a class big enough.
+    distinct = Counter(frame.drop_duplicates(["label", "sha256"])["label"])
+    _check_class_sizes(distinct, labels, params, source, "distinct valid images", splits_given)
     classes = labels
 
     frame = assign_splits(frame, params.val_fraction, params.test_fraction, params.seed)

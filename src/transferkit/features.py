@@ -101,17 +101,17 @@ def load_embeddings(features_dir: str | Path, hashes: list[str]) -> tuple[np.nda
 def extract(manifest_path: str | Path, features_dir: str | Path, backbone_params: BackboneParams,
             extract_params: ExtractParams, seed: int) -> dict:
     """Compute the embeddings the cache lacks for the manifest's images; write current.json."""
-    import keras
     import tensorflow as tf
 
     from transferkit.backbones import build_backbone, weights_fingerprint
     from transferkit.datasets import image_dataset
     from transferkit.data import load_manifest
+    from transferkit.training import seed_everything
 
     manifest = load_manifest(manifest_path)
     plan = device.detect(extract_params.batch_size)
     device.apply(plan)
-    keras.utils.set_random_seed(seed)  # weights: none must give the same backbone in finetune
+    seed_everything(seed)  # weights "none" must give finetune the same backbone; deterministic ops
     model = build_backbone(backbone_params.name, backbone_params.weights, backbone_params.image_size)
     spec = {
         "backbone": backbone_params.name,

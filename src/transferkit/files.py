@@ -39,8 +39,8 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     removed = []
     for tmp in Path(folder).glob(".tmp-*"):
         pid = tmp.name.split("-")[1]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-            continue
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue  # not one of ours, or its writer is still at work
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed

@@ -179,7 +179,8 @@ def finetune(manifest_path: str | Path, head_path: str | Path, model_path: str |
         if used != fingerprint:
             raise TransferkitError(
                 f"backbone.weights: the backbone built now differs from the one extract used "
-                f"({fingerprint[:12]} vs {used[:12]}); re-run extract (dvc repro)")
+                f"({fingerprint[:12]} vs {used[:12]}); re-run extract: `dvc repro --force extract` "
+                f"(plain `dvc repro` does not see a weights file outside weights/ change)")
     head = keras.saving.load_model(head_path, safe_mode=True)
     model = assemble(backbone, head, backbone_params.image_size)
 

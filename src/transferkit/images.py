@@ -36,34 +36,48 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _open(path: str | Path, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+def _open(path: str | Path, max_pixels: int | None, draft_size: int | None = None) -> Image.Image:
     """Open and fully decode, turning every failure into ImageRejected.
+
+    max_pixels: None = no limit, for files `prepare` has already accepted
+    under data.max_image_pixels (whatever the user set it to).
 
     draft_size: for JPEG, let libjpeg downscale by 2/4/8 while decoding when
     the image is much larger than needed (much faster for big photos).
     """
+    if max_pixels is None:
+        # Pillow's limit is a module global that decoder threads share: lift it
+        # for good rather than set-and-restore per call, so concurrent decodes
+        # never see each other's values. (A call with a limit sets its own.)
+        Image.MAX_IMAGE_PIXELS = None
+        return _decode(path, draft_size)
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             # PIL only warns between max_pixels and 2x max_pixels: make it an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            image.seek(0)  # animated GIF/WebP: the first frame
-            if draft_size and image.format == "JPEG":
-                image.draft("RGB", (draft_size, draft_size))
-            image.load()  # decode now, so truncated files fail here, not later
+            return _decode(path, draft_size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))  # PIL: "Image size (N pixels) exceeds ..."
         size = f"{int(found.group(1))} pixels" if found else "size"
         raise ImageRejected(
             f"too large: {size} is over data.max_image_pixels={max_pixels} (decompression-bomb guard)") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _decode(path: str | Path, draft_size: int | None) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.seek(0)  # animated GIF/WebP: the first frame
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        image.load()  # decode now, so truncated files fail here, not later
     except UnidentifiedImageError:
         raise ImageRejected("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(f"cannot decode: {exc}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
     return image
 
 
@@ -75,10 +89,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: scale to 8 bits instead of clipping at 255.
+        # 16-bit grayscale: the same fixed scale for every image (65535 -> 255),
+        # so a pixel value means the same brightness in every file.
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        return Image.fromarray(np.round(array * (255.0 / peak)).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(np.clip(np.round(array / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
     return image.convert("RGB")
 
 
@@ -100,8 +114,12 @@ def inspect_image(path: str | Path, min_side: int, max_pixels: int) -> tuple[int
     return width, height
 
 
-def load_rgb(path: str | Path, size: int, max_pixels: int = 89_478_485) -> np.ndarray:
-    """Decode a file into a (size, size, 3) uint8 RGB array (the whole image, squashed to a square)."""
+def load_rgb(path: str | Path, size: int, max_pixels: int | None = None) -> np.ndarray:
+    """Decode a file into a (size, size, 3) uint8 RGB array (the whole image, squashed to a square).
+
+    No size limit by default: the stages read only files that `prepare`
+    validated with data.max_image_pixels, and `predict` validates first.
+    """
     image = to_rgb(_open(path, max_pixels, draft_size=size))
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)

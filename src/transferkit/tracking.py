@@ -19,6 +19,7 @@ on import.
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -46,15 +47,23 @@ def server_problem(uri: str, timeout: float = 5.0) -> str | None:
     """Why an http(s) tracking server cannot be reached, or None when it answers (or the store is local).
 
     One quick request to the server's /health endpoint, before any work:
-    MLflow's own client retries for minutes before it gives up. Any HTTP
-    answer counts as reachable (a proxy may well answer 401 or 404 here).
+    MLflow's own client retries for minutes before it gives up. A 4xx answer
+    counts as reachable (a proxy may well answer 401 or 404 here); a 5xx is a
+    gateway in front of a server that is down. TLS follows MLflow's own
+    settings (MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_SERVER_CERT_PATH).
     """
     if not uri.startswith(("http://", "https://")):
         return None
+    context = None
+    if uri.startswith("https://"):
+        if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+            context = ssl._create_unverified_context()
+        elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+            context = ssl.create_default_context(cafile=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return None
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout, context=context).close()
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.reason}" if exc.code >= 500 else None
     except (OSError, ValueError) as exc:  # URLError (refused, DNS), timeout, malformed URL
         return str(getattr(exc, "reason", None) or exc)
     return None

@@ -41,10 +41,18 @@ def nan_guard(stage: str, learning_rate_key: str):
             self.epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
+            self.check("loss", (logs or {}).get("loss"), f"batch {batch}")
+
+        def on_epoch_end(self, epoch, logs=None):
+            # Before the checkpoint and early-stopping callbacks see it: a NaN
+            # val_loss compares as "not better" and would slip through them.
+            for name, value in (logs or {}).items():
+                self.check(name, value, "the end of the epoch")
+
+        def check(self, name, value, where):
+            if value is not None and not math.isfinite(float(value)):
                 raise TransferkitError(
-                    f"{stage}: the loss became {float(loss)} at epoch {self.epoch}, batch {batch}: the learning rate "
+                    f"{stage}: {name} became {float(value)} at epoch {self.epoch}, {where}: the learning rate "
                     f"is too high for these inputs, or the inputs hold huge values. Training stopped; no model was "
                     f"written. Lower {learning_rate_key} in params.yaml and rerun.")
 
