@@ -10,9 +10,9 @@ Both are timed around the whole extract() call, in one process: building the
 backbone, fingerprinting its weights, reading the cache index, tracing the
 graph, decoding and computing, writing shards and current.json. (Starting the
 stage process, about 8 s of `import tensorflow`, is the same for both and not
-part of extraction.) Photo-like JPEGs of 160-240 px. Target <= 0.10.
+part of extraction.) Photo-like JPEGs of 128-192 px. Target <= 0.10.
 
-    python benchmarks/bench_incremental.py [--images 4000]
+    python benchmarks/bench_incremental.py [--images 10000]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import common
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--new-fraction", type=float, default=0.05)
     args = parser.parse_args()
     common.header("incremental extraction: 5% new images on a cached dataset")
@@ -38,7 +38,7 @@ def main() -> None:
     params = load_params(common.REPO / "params.yaml")
     work = Path(tempfile.mkdtemp(prefix="bench-incremental-"))
     try:
-        photos = common.make_photos(work / "photos", args.images, seed=0, sizes=(160, 240))
+        photos = common.make_photos(work / "photos", args.images, seed=0, sizes=(128, 192))
         manifest = common.prepare(photos, work / "prepared")
 
         def run() -> dict:
@@ -46,7 +46,7 @@ def main() -> None:
 
         full, full_seconds = common.timed(run)
         new = max(1, round(args.images * args.new_fraction))
-        common.make_photos(photos, new, seed=1, sizes=(160, 240), prefix="new")
+        common.make_photos(photos, new, seed=1, sizes=(128, 192), prefix="new")
         common.prepare(photos, work / "prepared")
         rerun, rerun_seconds = common.timed(run)
         assert (rerun["computed"], rerun["reused"]) == (new, full["computed"]), rerun

@@ -10,7 +10,7 @@ default params.yaml.
 
     ratio = wall time of the second `dvc repro` / wall time of the first
 
-    python benchmarks/bench_rerun.py [--per-class 30]
+    python benchmarks/bench_rerun.py [--per-class 20]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def run(command: list[str], cwd: Path, environ: dict) -> tuple[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-class", type=int, default=30)
+    parser.add_argument("--per-class", type=int, default=20)
     args = parser.parse_args()
     common.header("re-run cost: dvc repro after a head-only parameter change")
 
