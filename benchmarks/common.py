@@ -114,6 +114,8 @@ def median(values: list[float]) -> float:
 def header(title: str) -> None:
     print(f"== {title}", flush=True)
     print(f"machine: {machine()}", flush=True)
+    # Other processes on the same cores move every figure: say how busy the machine was.
+    print("load average before the run (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()), flush=True)
 
 
 def ratio_line(name: str, value: float, target: str, met: bool | None) -> None:
