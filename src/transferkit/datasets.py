@@ -9,8 +9,6 @@ pixels, and both keep order: row i of the output is file i of the input.
 from __future__ import annotations
 
 import os
-import sys
-import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
@@ -56,16 +54,14 @@ def decoded_batches(paths: Sequence[str], image_size: int, batch_size: int, work
     batches while TensorFlow runs the backbone on this one. At most
     `ahead + 1` batches of pixels exist at once, whatever the number of paths.
 
-    The decoder threads run at a lower scheduling priority (Linux): the
-    backbone's parallel ops wait for their slowest thread, so a decoder that
-    preempts one of them stalls all of them; at low priority decoding fills
-    the CPU time the backbone leaves idle instead. (Measured in
-    benchmarks/bench_extract_efficiency.py.)
+    Side by side on 2 cores this keeps up with the backbone to within the CPU
+    the decoding itself takes; tf.data with a numpy_function decode fell
+    10-15 points further behind (see benchmarks/README.md).
     """
     paths = [str(p) for p in paths]
     workers = workers or os.cpu_count() or 1
     batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode", initializer=_lower_priority)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
     try:
         queue = deque(([pool.submit(load_rgb, p, image_size) for p in batch] for batch in batches[:ahead]))
         for following in batches[ahead:] + [None] * min(ahead, len(batches)):
@@ -77,11 +73,3 @@ def decoded_batches(paths: Sequence[str], image_size: int, batch_size: int, work
         # Stop promptly on an error or an interrupt: queued decodes are dropped.
         pool.shutdown(wait=False, cancel_futures=True)
 
-
-def _lower_priority(niceness: int = 10) -> None:
-    """Make the calling thread yield the CPU to the backbone's threads (Linux only; best effort)."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-        except OSError:
-            pass
