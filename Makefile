@@ -1,6 +1,6 @@
 # `make run`: set-up + the whole pipeline on the embedded sample data.
 # `make test`: set-up + the whole test suite.
-# `make bench`: set-up + every benchmark in benchmarks/ (about 15 minutes on 2 cores).
+# `make bench`: set-up + every benchmark in benchmarks/ (15-17 minutes on 2 cores).
 # Each makes its own .venv first; the install is skipped when pyproject.toml
 # and requirements.lock have not changed since the last one.
 
