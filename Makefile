@@ -1,5 +1,6 @@
 # `make run`: set-up + the whole pipeline on the embedded sample data.
 # `make test`: set-up + the whole test suite.
+# `make bench`: set-up + every benchmark in benchmarks/ (15-17 minutes on 2 cores).
 # Each makes its own .venv first; the install is skipped when pyproject.toml
 # and requirements.lock have not changed since the last one.
 
@@ -13,7 +14,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test ui lock clean
+.PHONY: install run test bench ui lock clean
 
 install: $(STAMP)
 
@@ -31,6 +32,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Each benchmark prints its figures and, on its last line, its ratio (see benchmarks/README.md).
+BENCHMARKS := extract_efficiency cached_head incremental memory machine_limit rerun
+bench: install
+	@set -e; for name in $(BENCHMARKS); do echo; $(BIN)/python benchmarks/bench_$$name.py; done
 
 # The MLflow UI on this machine only: http://127.0.0.1:5000
 ui: install

@@ -93,3 +93,34 @@ def test_changed_weights_file_or_preprocessing_never_reuse_stale_embeddings(prep
     manifest = pd.read_parquet(prepared)
     _, current = load_embeddings(features, manifest["sha256"].tolist())
     assert current["key"] == third["key"]
+
+
+def test_shard_writer_writes_exactly_shard_size_per_file_across_uneven_batches(tmp_path):
+    from transferkit.features import ShardWriter
+
+    cache = EmbeddingCache(tmp_path / "key")
+    hashes = [f"{i:064x}" for i in range(23)]
+    writer = ShardWriter(cache, hashes, shard_size=5, dim=3)
+    rows = np.arange(23 * 3, dtype=np.float32).reshape(23, 3)
+    for start in range(0, 23, 7):  # batches of 7 straddle the shard boundaries
+        writer.add(rows[start:start + 7])
+    writer.close()
+    sizes = []
+    for shard in cache.shards():
+        with np.load(shard, allow_pickle=False) as data:
+            sizes.append(len(data["sha256"]))
+    assert sizes == [5, 5, 5, 5, 3]
+    np.testing.assert_array_equal(cache.lookup(hashes), rows)
+
+
+def test_decoded_batches_keep_order_and_match_load_rgb(image_folder):
+    from transferkit.datasets import decoded_batches
+    from transferkit.images import load_rgb
+
+    paths = sorted(str(p) for p in image_folder.rglob("*.png"))  # 24 files
+    batches = list(decoded_batches(paths, 32, batch_size=5, workers=2, ahead=2))
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 4]
+    assert all(b.dtype == np.uint8 and b.shape[1:] == (32, 32, 3) for b in batches)
+    np.testing.assert_array_equal(np.concatenate(batches), np.stack([load_rgb(p, 32) for p in paths]))
+    assert [len(b) for b in decoded_batches(paths[:3], 32, batch_size=5)] == [3]
+    assert list(decoded_batches([], 32, batch_size=5)) == []
