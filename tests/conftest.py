@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,18 @@ def make_image_folder(root: Path, per_class: int = 8, size: int = 40, seed: int 
         for i in range(per_class):
             draw_example(kind, size, rng).save(folder / f"{kind}_{seed}_{i:03d}.png")
     return root
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (it was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def closed_port_url() -> str:
+    """An MLflow tracking URL where no server answers."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@
 
 from mlflow.tracking import MlflowClient
 
-import socket
-
 import pytest
 
 from transferkit.config import parse_params
 from transferkit.errors import TransferkitError
 from transferkit.tracking import PARENT_TAG, STAGE_TAG, StageRun, flatten, pipeline_key, server_problem, tracking_uri
+
+from conftest import closed_port_url
 
 ALL = {"head": {"learning_rate": 0.001, "epochs": 3}, "data": {"seed": 1}, "tracking": {"experiment": "exp"}}
 PARAMS = parse_params(ALL)
@@ -72,13 +72,6 @@ def test_unusable_store_is_a_clear_error(in_tmp_cwd, monkeypatch):
     with pytest.raises(TransferkitError, match="MLflow tracking store"):
         with StageRun("prepare", PARAMS, {}):
             pass
-
-
-def closed_port_url() -> str:
-    """A loopback URL where nothing listens (the port was free a moment ago)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def test_unreachable_server_stops_before_any_run_is_created(in_tmp_cwd, monkeypatch):

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, make_image_folder
+from conftest import REPO, closed_port_url, make_image_folder
 from transferkit.features import EmbeddingCache, load_embeddings
 
 pytestmark = pytest.mark.e2e
@@ -176,12 +175,6 @@ def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head):
 
     assert keras.saving.load_model(root / "models" / "model.keras", safe_mode=True).output_shape == (None, 3)
     assert not state_path.parent.exists()  # cleared once the model is published
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def test_unreachable_tracking_server_stops_the_stage_before_any_work(workspace):

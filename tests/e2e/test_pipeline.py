@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, draw_example, make_image_folder
+from conftest import REPO, draw_example, free_port, make_image_folder
 from messy_data import OK, UNICODE_CLASS, add_messy_files
 
 pytestmark = pytest.mark.e2e
@@ -161,9 +160,7 @@ def test_same_inputs_same_model(project, first_run, env):
 def mlflow_server(tmp_path_factory, env):
     """A real MLflow tracking server on loopback, as a team would run."""
     folder = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts")],
