@@ -42,9 +42,11 @@ def main() -> None:
     from transferkit.backbones import build_backbone
     from transferkit.config import load_params
     from transferkit.datasets import image_dataset
-    from transferkit.features import extract, load_embeddings
-    from transferkit.head import build_head
-    from transferkit.training import class_weights, compile_classifier, seed_everything
+    from transferkit.embeddings import read_table
+    from transferkit.extract import extract
+    from transferkit.seeding import seed_everything
+    from transferkit.train_head import build_head
+    from transferkit.training import class_weights, compile_classifier
 
     params = load_params(common.REPO / "params.yaml")
     size, seed, head_params = params.backbone.image_size, params.data.seed, params.head
@@ -60,7 +62,7 @@ def main() -> None:
               f"{n_classes} classes; {args.epochs} epochs, batch {head_params.batch_size}", flush=True)
 
         summary, extract_seconds = common.timed(
-            lambda: extract(manifest_path, work / "features", params.backbone, params.extract, seed))
+            lambda: extract(manifest_path, work / "store", work / "embeddings.npz", params.backbone, params.extract, seed))
 
         def shuffled(data, n):  # shuffled as datasets.image_dataset does: same batches, same order
             return (tf.data.Dataset.from_tensor_slices(data).shuffle(n, seed=seed, reshuffle_each_iteration=True)
@@ -84,7 +86,8 @@ def main() -> None:
         def cached() -> tuple[float, float]:
             start = time.perf_counter()
             cached_start.append(start)
-            x = {name: load_embeddings(work / "features", frame["sha256"].tolist())[0] for name, frame in split.items()}
+            table = read_table(work / "embeddings.npz")
+            x = {name: table.rows(frame["sha256"].tolist()) for name, frame in split.items()}
             seed_everything(seed)
             head = build_head(summary["embedding_dim"], n_classes, head_params)
             compile_classifier(head, head_params.learning_rate)

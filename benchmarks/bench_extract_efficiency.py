@@ -1,6 +1,6 @@
 """Target 1: extraction efficiency.
 
-    ratio = images/s of the real `features.extract` (JPEG files on disk ->
+    ratio = images/s of the real `extract.extract` (JPEG files on disk ->
             decode, resize -> backbone -> embedding shards on disk)
           / images/s of the bare backbone forward pass on the same images,
             already decoded in memory, same batch size, same process;
@@ -38,7 +38,7 @@ def main() -> None:
     from transferkit import device
     from transferkit.backbones import build_backbone
     from transferkit.config import load_params
-    from transferkit.features import embedder, extract
+    from transferkit.extract import embedder, extract
     from transferkit.images import load_rgb
 
     params = load_params(common.REPO / "params.yaml")
@@ -78,9 +78,10 @@ def main() -> None:
         warmups: list[float] = []
 
         def real_extract() -> float:
-            features = work / f"features-{next(runs)}"  # empty: every image is computed
-            summary = extract(manifest, features, params.backbone, params.extract, params.data.seed)
-            shutil.rmtree(features)
+            store = work / f"store-{next(runs)}"  # empty: every image is computed
+            summary = extract(manifest, store, work / "embeddings.npz", params.backbone, params.extract,
+                              params.data.seed)
+            shutil.rmtree(store)
             assert summary["computed"] == len(paths)
             warmups.append(summary["warmup_seconds"])
             return summary["images_per_second"]

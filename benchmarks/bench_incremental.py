@@ -3,8 +3,8 @@
 A dataset whose embeddings are cached gets 5% new images; `prepare` and
 `extract` run again. Only the new images go through the backbone.
 
-    ratio = wall time of the rerun of features.extract (5% new images)
-          / wall time of the full features.extract of the original images
+    ratio = wall time of the rerun of extract.extract (5% new images)
+          / wall time of the full extract.extract of the original images
 
 Both are timed around the whole extract() call, in one process: building the
 backbone, fingerprinting its weights, reading the cache index, tracing the
@@ -33,7 +33,7 @@ def main() -> None:
     common.header("incremental extraction: 5% new images on a cached dataset")
 
     from transferkit.config import load_params
-    from transferkit.features import extract
+    from transferkit.extract import extract
 
     params = load_params(common.REPO / "params.yaml")
     work = Path(tempfile.mkdtemp(prefix="bench-incremental-"))
@@ -42,7 +42,7 @@ def main() -> None:
         manifest = common.prepare(photos, work / "prepared")
 
         def run() -> dict:
-            return extract(manifest, work / "features", params.backbone, params.extract, params.data.seed)
+            return extract(manifest, work / "store", work / "embeddings.npz", params.backbone, params.extract, params.data.seed)
 
         full, full_seconds = common.timed(run)
         new = max(1, round(args.images * args.new_fraction))

@@ -111,7 +111,7 @@ def child(args) -> None:
     import keras
 
     from transferkit.backbones import build_backbone
-    from transferkit.features import embedder
+    from transferkit.extract import embedder
 
     model = build_backbone("efficientnet_lite0", "imagenet", args.size)
     flops = count_flops(model)

@@ -36,8 +36,9 @@ def peak_rss_of_stage(work: Path, manifest: Path, name: str) -> tuple[float, dic
     environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(common.REPO / "src"), environ.get("PYTHONPATH")])),
                    TF_CPP_MIN_LOG_LEVEL="2", MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1")
     command = [sys.executable, str(common.REPO / "stages" / "extract.py"), "--params", str(work / "params.yaml"),
-               "--manifest", str(manifest), "--features", str(work / f"features-{name}"),
-               "--metrics", str(work / f"metrics-{name}.json")]
+               "--mlflow-db", "mlflow.db", "--mlflow-artifacts", "mlruns",
+               "--manifest", str(manifest), "--store", str(work / f"store-{name}"),
+               "--embeddings", str(work / f"embeddings-{name}.npz"), "--metrics", str(work / f"metrics-{name}.json")]
     start = time.perf_counter()
     with open(work / f"{name}.log", "w") as log:
         process = subprocess.Popen(command, cwd=work, env=environ, stdout=log, stderr=subprocess.STDOUT)

@@ -14,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 REPO = Path(__file__).resolve().parents[1]
+# The local MLflow store arguments every stage script takes (dvc.yaml passes the same).
+LOCAL_STORE = ("--mlflow-db", "mlflow.db", "--mlflow-artifacts", "mlruns")
 
 # Each class is a shape of its own colour: easy to tell apart, so a tiny model learns it.
 CLASS_STYLES = {
@@ -80,3 +82,43 @@ def in_tmp_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     return tmp_path
+
+
+def prepare_into(source: Path, folder: Path, **data_params) -> Path:
+    """Run prepare on `source`, writing folder/manifest.parquet and folder/report.json; returns the manifest."""
+    from transferkit.config import DataParams
+    from transferkit.prepare import prepare
+
+    prepare(source, folder / "manifest.parquet", folder / "report.json", DataParams(**data_params))
+    return folder / "manifest.parquet"
+
+
+# Channel that dominates each default class's colour (see CLASS_STYLES).
+COLOUR_CHANNEL = {"circle": 0, "square": 2, "triangle": 1}
+
+
+def colour_model(classes=DEFAULT_CLASSES, image_size: int = 32):
+    """A real published model, small and exact: mean colour -> class, for the CLASS_STYLES images.
+
+    Raw RGB 0..255 in, probabilities out, like the pipeline's model (no backbone: milliseconds)."""
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(classes), activation="softmax", name="colour")(x)
+    model = keras.Model(inputs, outputs, name="classifier")
+    kernel = np.zeros((3, len(classes)), np.float32)
+    for i, name in enumerate(classes):
+        kernel[COLOUR_CHANNEL[name], i] = 40.0
+    model.get_layer("colour").set_weights([kernel, np.zeros(len(classes), np.float32)])
+    return model
+
+
+def save_colour_model(folder: Path, classes=DEFAULT_CLASSES, image_size: int = 32) -> tuple[Path, Path]:
+    """(model.keras, model.json) of colour_model, written as finetune writes the published model."""
+    from transferkit.published import ModelInfo, save_published
+
+    info = ModelInfo(classes=list(classes), image_size=image_size, backbone="colour", backbone_weights_sha256="0" * 64)
+    save_published(colour_model(classes, image_size), info, folder / "model.keras", folder / "model.json")
+    return folder / "model.keras", folder / "model.json"

@@ -1,6 +1,6 @@
 import pytest
 
-from transferkit.config import Params, load_params, parse_params
+from transferkit.config import Params, load_params, parse_params, stage_params
 from transferkit.errors import TransferkitError
 
 from conftest import REPO
@@ -35,6 +35,8 @@ def test_defaults_are_used_for_missing_sections():
     ({"backbone": {"weights": "imagenett"}}, "backbone.weights: Value error, must be 'imagenet', 'none' or a path"),
     ({"backbone": {"weights": "missing/lite0.weights.h5"}}, "backbone.weights: Value error, weights file not found"),
     ({"backbone": {"image_size": 16}}, "backbone.image_size: Input should be greater than or equal to 32"),
+    ({"backbone": {"name": "inception_v3", "image_size": 64}},
+     "backbone.image_size: Value error, backbone inception_v3 needs image_size >= 75 pixels, got 64"),
     ({"data": {"min_images_per_class": 0}}, "data.min_images_per_class: Input should be greater than or equal to 1"),
     ({"tracking": {"required": "sometimes"}}, "tracking.required: Input should be a valid boolean"),
     ({"data": {"max_image_pixel": 10}}, "data.max_image_pixel: unknown key (did you mean 'max_image_pixels'?)"),
@@ -63,3 +65,10 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("head: [unclosed")
     with pytest.raises(TransferkitError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_stage_params_select_what_each_stage_reads():
+    params = parse_params({"head": {"epochs": 7}, "data": {"seed": 3}})
+    selected = stage_params(params, "train_head")
+    assert selected == {"head": params.head.model_dump(), "data": {"seed": 3}}
+    assert stage_params(params, "prepare") == {"data": params.data.model_dump()}

@@ -67,7 +67,7 @@ def test_lite1_and_lite2_give_1280_d_embedding(variant):
 
 
 def test_layers_have_readable_names():
-    model = build_efficientnet_lite(0, 32, weights=None)
+    model = build_efficientnet_lite(0, 32, pretrained=False)
     names = [layer.name for layer in model.layers]
     assert names[:4] == ["image", "rescaling", "stem_conv", "stem_bn"]
     assert {"block1a_dwconv", "block3b_project_bn", "block6d_add", "top_conv"} <= set(names)

@@ -8,12 +8,11 @@ import pandas as pd
 import pytest
 
 from transferkit.backbones import build_backbone
-from transferkit.config import BackboneParams, DataParams, ExtractParams, FinetuneParams, HeadParams
-from transferkit.data import prepare
-from transferkit.features import extract
+from transferkit.config import BackboneParams, ExtractParams, FinetuneParams, HeadParams
+from transferkit.extract import extract
 from transferkit.finetune import finetune, unfreeze_top
-from transferkit.head import train_head
 from transferkit.images import load_rgb
+from transferkit.train_head import train_head
 
 BACKBONE = BackboneParams(name="efficientnet_lite0", weights="imagenet", image_size=32)
 SEED = 0
@@ -21,21 +20,21 @@ SEED = 0
 
 @pytest.fixture(scope="module")
 def trained_head(tmp_path_factory):
-    from conftest import make_image_folder
+    from conftest import make_image_folder, prepare_into
 
     root = tmp_path_factory.mktemp("pipeline")
     images = make_image_folder(root / "images", per_class=6)
-    prepare(images, root / "prepared", DataParams(val_fraction=0.2, test_fraction=0.2))
-    manifest = root / "prepared" / "manifest.parquet"
-    extract(manifest, root / "features", BACKBONE, ExtractParams(batch_size=8), seed=SEED)
-    train_head(manifest, root / "features", root / "head.keras", root / "head.csv", HeadParams(epochs=10), seed=SEED)
+    manifest = prepare_into(images, root / "prepared", val_fraction=0.2, test_fraction=0.2)
+    extract(manifest, root / "store", root / "embeddings.npz", BACKBONE, ExtractParams(batch_size=8), seed=SEED)
+    train_head(manifest, root / "embeddings.npz", root / "head.keras", root / "head.csv", HeadParams(epochs=10),
+               seed=SEED)
     return root
 
 
-def run_finetune(root, name, params, tracker=None):
-    return finetune(root / "prepared" / "manifest.parquet", root / "head.keras", root / f"{name}.keras",
-                    root / f"{name}.csv", root / f"ckpt-{name}", BACKBONE, params, SEED,
-                    features_dir=root / "features", tracker=tracker)
+def run_finetune(root, name, params, tracker=None, head="head.keras"):
+    return finetune(root / "prepared" / "manifest.parquet", root / "embeddings.npz", root / head,
+                    root / f"{name}.keras", root / f"{name}.json", root / f"{name}.csv", root / f"ckpt-{name}",
+                    BACKBONE, params, SEED, tracker=tracker)
 
 
 def test_unfreeze_top_keeps_batchnorm_frozen():
@@ -116,7 +115,5 @@ def test_nan_loss_stops_finetune_and_publishes_nothing(trained_head):
     output.set_weights([np.full_like(kernel, 3e38), bias])  # logits overflow: inf - inf = NaN
     head.save(root / "head-broken.keras")
     with pytest.raises(TransferkitError, match=r"finetune: loss became nan.*Lower finetune.learning_rate"):
-        finetune(root / "prepared" / "manifest.parquet", root / "head-broken.keras", root / "broken.keras",
-                 root / "broken.csv", root / "ckpt-broken", BACKBONE, FinetuneParams(epochs=2), SEED,
-                 features_dir=root / "features")
+        run_finetune(root, "broken", FinetuneParams(epochs=2), head="head-broken.keras")
     assert not (root / "broken.keras").exists() and not (root / "broken.json").exists()

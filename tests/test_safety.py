@@ -23,7 +23,7 @@ def calls(pattern: str) -> list[tuple[Path, str]]:
 
 
 def test_sources_are_found():
-    assert any(p.name == "features.py" for p in SOURCES)
+    assert any(p.name == "store.py" for p in SOURCES)
 
 
 def test_numpy_never_unpickles():

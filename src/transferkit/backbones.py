@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 import h5py
 import keras
 import numpy as np
 from keras import layers
 
-from transferkit.config import check_weights
 from transferkit.efficientnet_lite import build_efficientnet_lite
 from transferkit.errors import TransferkitError
+from transferkit.registry import BACKBONES, BackboneSpec
 
 # Caffe-style models (resnet50, vgg16) expect BGR minus these means, in BGR order.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -39,30 +36,6 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
 class BackboneError(TransferkitError, ValueError):
     """A backbone problem the user can fix: unknown name, missing or unfit weights, offline."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    image_size: int  # native input size, pixels (square)
-    embedding_dim: int  # length of the pooled output
-    min_image_size: int  # smallest accepted input size, pixels
-    # "lite" (x-127)/128 | "tf" [-1, 1] | "caffe" BGR - mean | "builtin" (the model rescales itself)
-    preprocessing: str
-    keras_app: Callable[..., keras.Model] | None = None  # keras.applications constructor
-    lite_variant: int | None = None
-
-
-BACKBONES: Mapping[str, BackboneSpec] = MappingProxyType({
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, 1280, 32, "lite", lite_variant=0),
-    "efficientnet_lite1": BackboneSpec("efficientnet_lite1", 240, 1280, 32, "lite", lite_variant=1),
-    "efficientnet_lite2": BackboneSpec("efficientnet_lite2", 260, 1280, 32, "lite", lite_variant=2),
-    "mobilenet_v2": BackboneSpec("mobilenet_v2", 224, 1280, 32, "tf", keras.applications.MobileNetV2),
-    "efficientnet_b0": BackboneSpec("efficientnet_b0", 224, 1280, 32, "builtin", keras.applications.EfficientNetB0),
-    "resnet50": BackboneSpec("resnet50", 224, 2048, 32, "caffe", keras.applications.ResNet50),
-    "vgg16": BackboneSpec("vgg16", 224, 512, 32, "caffe", keras.applications.VGG16),
-    "inception_v3": BackboneSpec("inception_v3", 299, 2048, 75, "tf", keras.applications.InceptionV3),
-})
 
 
 def _spec(name: str) -> BackboneSpec:
@@ -77,16 +50,22 @@ def embedding_dim(name: str) -> int:
     return _spec(name).embedding_dim
 
 
+def _keras_app(spec: BackboneSpec):
+    """The keras.applications constructor the registry names."""
+    return getattr(keras.applications, spec.source)
+
+
 def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
     """Input (None, image_size, image_size, 3) raw RGB 0..255 float32 -> (None, D) embedding."""
     spec = _spec(name)
-    if not isinstance(image_size, int) or image_size < spec.min_image_size:
-        raise BackboneError(f"backbone {name!r} needs image_size >= {spec.min_image_size} pixels, got {image_size!r}")
-    weights_path = None if weights in ("imagenet", "none") else _check_weights_path(weights)
+    if not isinstance(image_size, int) or image_size < spec.min_size:
+        raise BackboneError(f"backbone {name!r} needs image_size >= {spec.min_size} pixels, got {image_size!r}")
+    # backbone.weights was checked when params.yaml was read (config.check_weights).
+    weights_path = None if weights in ("imagenet", "none") else Path(weights)
 
-    if spec.lite_variant is not None:
-        pretrained = "imagenet" if weights == "imagenet" else None  # offline, from the packaged .pth
-        model = build_efficientnet_lite(spec.lite_variant, image_size, weights=pretrained)
+    if spec.family == "efficientnet_lite":
+        # imagenet: offline, from the packaged .pth
+        model = build_efficientnet_lite(int(spec.source), image_size, pretrained=weights == "imagenet")
         return _with_weights_file(model, weights_path, spec, image_size)
 
     # Download first: offline, this fails in about a second, before the slower build.
@@ -98,14 +77,6 @@ def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
         # Random init: plain ImageNet normalisation instead of Keras' identity placeholder.
         _set_normalization(model, IMAGENET_MEAN_RGB, np.square(IMAGENET_STD_RGB))
     return _with_weights_file(model, weights_path, spec, image_size)
-
-
-def _check_weights_path(weights: str) -> Path:
-    try:
-        check_weights(weights)
-    except ValueError as error:
-        raise BackboneError(f"backbone.weights: {error}") from None
-    return Path(weights)
 
 
 def _preprocessing_layers(kind: str) -> list[layers.Layer]:
@@ -136,7 +107,7 @@ def _keras_app_graph(spec: BackboneSpec, image_size: int) -> tuple[keras.Model, 
     for layer in preprocessing:
         x = layer(x)
     # Passing input_tensor makes keras.applications extend our graph instead of nesting a model.
-    body = spec.keras_app(include_top=False, weights=None, input_tensor=x, pooling="avg")
+    body = _keras_app(spec)(include_top=False, weights=None, input_tensor=x, pooling="avg")
     model = keras.Model(inputs, body.output, name=spec.name)
     for layer in preprocessing:
         if layer.name == "preprocess_caffe":
@@ -147,7 +118,7 @@ def _keras_app_graph(spec: BackboneSpec, image_size: int) -> tuple[keras.Model, 
 def _keras_imagenet_model(spec: BackboneSpec, image_size: int) -> keras.Model:
     """Keras' own pretrained model (Keras downloads and caches the weights file)."""
     try:
-        return spec.keras_app(include_top=False, weights="imagenet",
+        return _keras_app(spec)(include_top=False, weights="imagenet",
                               input_shape=(image_size, image_size, 3), pooling="avg")
     except Exception as error:  # Keras raises a bare Exception when the download fails
         raise BackboneError(_offline_message(spec.name, error)) from error
@@ -200,7 +171,7 @@ def _offline_message(name: str, error: Exception) -> str:
         f"could not download the ImageNet weights for backbone {name!r} ({error}). "
         "To use them offline: on a machine with internet access run\n"
         f"  python -c \"from transferkit.backbones import build_backbone; "
-        f"build_backbone('{name}', 'imagenet', {BACKBONES[name].image_size}).save_weights('{name}.weights.h5')\"\n"
+        f"build_backbone('{name}', 'imagenet', {BACKBONES[name].native_size}).save_weights('{name}.weights.h5')\"\n"
         f"copy {name}.weights.h5 here and set `backbone.weights: /path/to/{name}.weights.h5` in params.yaml "
         "(the file works at any image_size). Or use an efficientnet_lite0/1/2 backbone, "
         "whose ImageNet weights ship with transferkit."
@@ -211,6 +182,8 @@ def _with_weights_file(model: keras.Model, path: Path | None, spec: BackboneSpec
     """Load a .weights.h5 file into the model; it must fit the architecture exactly."""
     if path is None:
         return model
+    if not path.is_file():  # config checked it exists; it may have gone since
+        raise BackboneError(f"backbone.weights: weights file not found: {path}")
     problem = f"backbone.weights: weights file {path} does not fit backbone {spec.name!r} ({image_size} px)"
     try:
         with h5py.File(path, "r") as f:

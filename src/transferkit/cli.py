@@ -1,6 +1,7 @@
 """The `transferkit` command: use a trained model.
 
-    transferkit predict IMAGE_OR_FOLDER... [--top-k K] [--format csv|json] [--model models/model.keras]
+    transferkit predict IMAGE_OR_FOLDER... [--top-k K] [--format csv|json]
+                        [--model models/model.keras --model-info models/model.json]
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from transferkit.images import IMAGE_SUFFIXES, ImageRejected, inspect_image
+from transferkit.images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_SUFFIXES, ImageRejected, inspect_image
 
 
 def collect_images(targets: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -37,13 +38,14 @@ def predict(args: argparse.Namespace) -> int:
 
     quiet_tensorflow()
     from transferkit.errors import TransferkitError
-    from transferkit.evaluate import load_classifier, predict_files
+    from transferkit.inference import predict_files, top_k
+    from transferkit.published import load_published
 
     images, problems = collect_images(args.images)
     usable = []
     for path in images:  # validate first so one bad file does not stop the batch
         try:
-            inspect_image(path, min_side=1, max_pixels=89_478_485)
+            inspect_image(path, min_side=1, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
             usable.append(path)
         except ImageRejected as exc:
             problems.append((str(path), str(exc)))
@@ -55,18 +57,13 @@ def predict(args: argparse.Namespace) -> int:
         print("transferkit predict: no usable images", file=sys.stderr)
         return 1
     try:
-        model, meta = load_classifier(args.model)
+        model, info = load_published(args.model, args.model_info)
     except TransferkitError as exc:
         print(f"transferkit predict: error: {exc}", file=sys.stderr)
         return 1
-    probs = predict_files(model, [str(p) for p in usable], meta["image_size"], args.batch_size)
-    classes = meta["classes"]
-    k = max(1, min(args.top_k, len(classes)))
-    results = []
-    for path, row in zip(usable, probs):
-        top = row.argsort()[::-1][:k]
-        results.append({"path": str(path),
-                        "predictions": [{"label": classes[i], "probability": round(float(row[i]), 6)} for i in top]})
+    probs = predict_files(model, info, [str(p) for p in usable], args.batch_size)
+    results = [{"path": str(path), "predictions": [{**p, "probability": round(p["probability"], 6)} for p in ranked]}
+               for path, ranked in zip(usable, top_k(probs, info.classes, args.top_k))]
     if args.format == "json":
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -85,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("predict", help="classify images with the trained model")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--model", default="models/model.keras", help="model file written by the pipeline (default: %(default)s)")
+    p.add_argument("--model-info", default="models/model.json",
+                   help="its description (classes, image size) written beside it (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=1, help="how many labels per image (default: %(default)s)")
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.add_argument("--batch-size", type=int, default=32)

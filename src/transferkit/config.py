@@ -2,8 +2,8 @@
 
 Every knob of the pipeline lives in params.yaml, one section per stage. Unknown
 keys, wrong types and out-of-range values are errors that name the key, so a
-typo never silently falls back to a default. Each stage receives only the
-sections it lists under `params:` in dvc.yaml.
+typo never silently falls back to a default. STAGE_PARAMS says which sections
+each stage reads; dvc.yaml's `params:` lists the same (a test checks it).
 """
 
 from __future__ import annotations
@@ -13,14 +13,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from transferkit.errors import TransferkitError
+from transferkit.images import DEFAULT_MAX_IMAGE_PIXELS
+from transferkit.registry import BACKBONE_NAMES, BACKBONES
 
-BACKBONE_NAMES = (
-    "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
-    "mobilenet_v2", "efficientnet_b0", "resnet50", "vgg16", "inception_v3",
-)
+# The params each stage reads, as dvc.yaml lists them under `params:` (a
+# section, or section.key). The `tracking` section is read by every stage, but
+# only to decide where runs are recorded: it never shapes an output, so it is
+# listed by none and changing it re-runs nothing.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "prepare": ("data",),
+    "extract": ("backbone", "extract", "data.seed"),
+    "train_head": ("head", "data.seed"),
+    "finetune": ("backbone", "finetune", "data.seed"),
+    "evaluate": ("evaluate",),
+}
 
 
 def check_weights(value: str) -> None:
@@ -46,7 +55,7 @@ class DataParams(Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="evaluate needs test images in every class")
     min_images_per_class: int = Field(3, ge=1, description="a class with fewer valid images stops the run")
     min_image_side: int = Field(8, ge=1, description="pixels; smaller images are rejected")
-    max_image_pixels: int = Field(89_478_485, ge=1, description="larger images are rejected (decompression bombs)")
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="larger images are rejected (decompression bombs)")
 
 
 class BackboneParams(Section):
@@ -61,6 +70,14 @@ class BackboneParams(Section):
         # not after prepare has decoded the whole dataset. Whether the file fits
         # the architecture is checked when the backbone is built (start of extract).
         check_weights(value)
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _size_fits_backbone(cls, value: int, info: ValidationInfo) -> int:
+        name = info.data.get("name")  # absent when the name itself was invalid
+        if name is not None and value < BACKBONES[name].min_size:
+            raise ValueError(f"backbone {name} needs image_size >= {BACKBONES[name].min_size} pixels, got {value}")
         return value
 
 
@@ -108,6 +125,19 @@ class Params(Section):
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
+
+
+def stage_params(params: Params, stage: str) -> dict[str, Any]:
+    """The params a stage reads (STAGE_PARAMS), nested as in params.yaml: what its MLflow run logs."""
+    selected: dict[str, Any] = {}
+    dumped = params.model_dump()
+    for entry in STAGE_PARAMS[stage]:
+        section, _, key = entry.partition(".")
+        if key:
+            selected.setdefault(section, {})[key] = dumped[section][key]
+        else:
+            selected[section] = dumped[section]
+    return selected
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:

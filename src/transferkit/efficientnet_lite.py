@@ -182,21 +182,19 @@ def load_torch_weights(model: keras.Model, plan: WeightPlan, state: dict[str, np
 
 
 def build_efficientnet_lite(variant: int, image_size: int | None, include_top: bool = False,
-                            weights: str | None = "imagenet", pooling: str | None = "avg") -> keras.Model:
+                            pretrained: bool = True, pooling: str | None = "avg") -> keras.Model:
     """EfficientNet-Lite{variant} taking raw RGB 0..255 float pixels.
 
     include_top=False returns the pooled 1280-d embedding (``pooling`` "avg" or
     "max"; None returns the 1280-channel feature map). include_top=True returns
-    the 1000 ImageNet class probabilities. ``weights`` is "imagenet" (the
-    packaged pretrained weights) or None (random initialisation).
+    the 1000 ImageNet class probabilities. ``pretrained``: the packaged
+    ImageNet weights, else random initialisation.
     ``image_size`` None accepts any spatial size.
     """
     if variant not in VARIANTS:
         raise ValueError(f"EfficientNet-Lite variant must be 0, 1 or 2, got {variant!r}")
-    if weights not in ("imagenet", None):
-        raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}")
     model, plan = _build_graph(variant, image_size, include_top, pooling)
-    if weights == "imagenet":
+    if pretrained:
         state = load_state_dict(weights_file(variant))
         load_torch_weights(model, plan, state, skip_prefixes=() if include_top else ("_fc.",))
     return model

@@ -18,38 +18,26 @@ same training, but is not bit-identical to an uninterrupted one: tf.data's
 shuffle order restarts its per-epoch sequence in the new process. `finetune.enabled: false` skips training and writes
 the head model on top of the frozen backbone.
 
-The published model takes raw RGB pixels (0..255, float32) of
-image_size x image_size and returns class probabilities: the backbone's
-preprocessing is inside it, so serving cannot preprocess differently.
+What is published, and how, is published.py's job; checkpoints.py keeps
+the per-epoch state.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 from pathlib import Path
 
 from transferkit import device
+from transferkit.backbones import build_backbone, weights_fingerprint
+from transferkit.checkpoints import Checkpointer, run_fingerprint
 from transferkit.config import BackboneParams, FinetuneParams
-from transferkit.data import classes_of, load_manifest
+from transferkit.datasets import image_dataset
+from transferkit.embeddings import read_table
 from transferkit.errors import TransferkitError
-from transferkit.files import atomic_path, read_json, write_json
-from transferkit.training import compile_classifier, nan_guard, seed_everything, write_history
-
-
-def metadata_path(model_path: str | Path) -> Path:
-    """The JSON written beside a published model: classes, image size, backbone."""
-    return Path(model_path).with_suffix(".json")
-
-
-def assemble(backbone, head, image_size: int):
-    """The published model: raw pixels -> backbone -> head."""
-    import keras
-
-    inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
-    outputs = head(backbone(inputs))
-    return keras.Model(inputs, outputs, name="classifier")
+from transferkit.manifest import classes_of, load_manifest, split_of
+from transferkit.published import ModelInfo, assemble, save_published
+from transferkit.seeding import seed_everything
+from transferkit.training import compile_classifier, nan_guard, write_history
 
 
 def augmenter(seed: int):
@@ -75,132 +63,45 @@ def unfreeze_top(backbone, n_layers: int) -> int:
     return trainable
 
 
-def run_fingerprint(parts: dict) -> str:
-    """Identifies the inputs of a fine-tune run; a checkpoint is resumed only by the same run."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-class Checkpointer:
-    """Per-epoch checkpoint + early stopping whose state survives a kill.
-
-    After each epoch: the weights (model and optimizer state) go to
-    `epoch-<n>.weights.h5`, then `state.json` is rewritten. state.json is the
-    commit point: it names the last completed epoch's file and the best
-    epoch's file, and a file is deleted only once state.json no longer names
-    it. A kill at any moment leaves state.json describing files that exist
-    and match it.
-    """
-
-    def __init__(self, folder: Path, fingerprint: str, monitor: str, patience: int):
-        self.folder, self.fingerprint, self.monitor, self.patience = Path(folder), fingerprint, monitor, patience
-        self.state = {"fingerprint": fingerprint, "epoch": -1, "best": None, "best_epoch": None,
-                      "wait": 0, "stopped": False, "history": []}
-
-    @property
-    def state_path(self) -> Path:
-        return self.folder / "state.json"
-
-    def weights_path(self, epoch: int) -> Path:
-        return self.folder / f"epoch-{epoch}.weights.h5"
-
-    def resume(self, model) -> int:
-        """Load a matching checkpoint into `model`; returns the first epoch still to run."""
-        if not self.state_path.exists():
-            return 0
-        state = read_json(self.state_path)
-        if state.get("fingerprint") != self.fingerprint:
-            print("finetune: checkpoint is from different inputs; starting over", flush=True)
-            self.clear()
-            return 0
-        model.optimizer.build(model.trainable_variables)  # so the saved optimizer state has a place to go
-        model.load_weights(self.weights_path(state["epoch"]))
-        self.state = state
-        print(f"finetune: resuming after epoch {state['epoch']} from {self.folder}", flush=True)
-        return state["epoch"] + 1
-
-    def callback(self):
-        import keras
-
-        ckpt = self
-
-        class _Callback(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                ckpt.on_epoch_end(self.model, epoch, logs or {})
-
-        return _Callback()
-
-    def on_epoch_end(self, model, epoch: int, logs: dict) -> None:
-        state = self.state
-        state["history"].append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
-        value = float(logs[self.monitor])
-        if state["best"] is None or value < state["best"]:
-            state.update(best=value, best_epoch=epoch, wait=0)
-        else:
-            state["wait"] += 1
-        if state["wait"] >= self.patience:
-            state["stopped"] = True
-            model.stop_training = True
-        state["epoch"] = epoch
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.weights_path(epoch)) as tmp:
-            model.save_weights(tmp)
-        write_json(self.state_path, state)  # the commit point
-        keep = {self.weights_path(epoch).name, self.weights_path(state["best_epoch"]).name}
-        for old in self.folder.glob("epoch-*.weights.h5"):
-            if old.name not in keep:
-                old.unlink()
-
-    def restore_best(self, model) -> None:
-        if self.state["best_epoch"] is not None:
-            model.load_weights(self.weights_path(self.state["best_epoch"]))
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def finetune(manifest_path: str | Path, head_path: str | Path, model_path: str | Path,
-             history_path: str | Path, checkpoint_dir: str | Path, backbone_params: BackboneParams,
-             params: FinetuneParams, seed: int, features_dir: str | Path | None = None, tracker=None) -> dict:
+def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: str | Path,
+             model_path: str | Path, info_path: str | Path, history_path: str | Path,
+             checkpoint_dir: str | Path, backbone_params: BackboneParams, params: FinetuneParams, seed: int,
+             tracker=None) -> dict:
     import keras
     import tensorflow as tf
 
-    from transferkit.backbones import build_backbone, weights_fingerprint
-    from transferkit.datasets import image_dataset
-
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
-    plan = device.detect(params.batch_size)
+    plan = device.detect()
     device.apply(plan)
     seed_everything(seed)  # before building: weights "none" must match what extract used
     backbone = build_backbone(backbone_params.name, backbone_params.weights, backbone_params.image_size)
     fingerprint = weights_fingerprint(backbone)
-    if features_dir is not None and (Path(features_dir) / "current.json").exists():
-        used = read_json(Path(features_dir) / "current.json")["spec"]["weights_sha256"]
-        if used != fingerprint:
-            raise TransferkitError(
-                f"backbone.weights: the backbone built now differs from the one extract used "
-                f"({fingerprint[:12]} vs {used[:12]}); re-run extract: `dvc repro --force extract` "
-                f"(plain `dvc repro` does not see a weights file outside weights/ change)")
+    used = read_table(embeddings_path).spec["weights_sha256"]
+    if used != fingerprint:
+        raise TransferkitError(
+            f"backbone.weights: the backbone built now differs from the one extract used "
+            f"({fingerprint[:12]} vs {used[:12]}); re-run extract: `dvc repro --force extract` "
+            f"(plain `dvc repro` does not see a weights file outside weights/ change)")
     head = keras.saving.load_model(head_path, safe_mode=True)
     model = assemble(backbone, head, backbone_params.image_size)
 
     history: list[dict] = []
-    summary = {"enabled": params.enabled, "epochs_run": 0}
+    summary = {"enabled": params.enabled, "epochs_run": 0, "batch_size": params.batch_size}
     if params.enabled:
         backbone_trainable = unfreeze_top(backbone, params.unfreeze)
-        train = manifest[manifest["split"] == "train"]
-        val = manifest[manifest["split"] == "val"]
+        train, val = split_of(manifest, "train"), split_of(manifest, "val")
         inputs = keras.Input((backbone_params.image_size,) * 2 + (3,), dtype="float32", name="image")
         x = augmenter(seed)(inputs) if params.augment else inputs
         trainer = keras.Model(inputs, model(x), name="trainer")
         compile_classifier(trainer, params.learning_rate)  # after unfreezing, or trainable changes are ignored
 
         as_float = lambda images, labels: (tf.cast(images, tf.float32), labels)  # noqa: E731
-        train_ds = image_dataset(train["path"], backbone_params.image_size, plan.batch_size,
+        train_ds = image_dataset(train["path"], backbone_params.image_size, params.batch_size,
                                  train["label_index"], shuffle_seed=seed).map(as_float)
         val_ds = None
         if len(val):
-            val_ds = image_dataset(val["path"], backbone_params.image_size, plan.batch_size,
+            val_ds = image_dataset(val["path"], backbone_params.image_size, params.batch_size,
                                    val["label_index"]).map(as_float)
         monitor = "val_loss" if val_ds is not None else "loss"
         inputs_id = run_fingerprint({
@@ -229,15 +130,9 @@ def finetune(manifest_path: str | Path, head_path: str | Path, model_path: str |
         print("finetune: finetune.enabled is false; publishing the head on the frozen backbone", flush=True)
 
     # Publish: the model with the best weights, plus what predict needs to use it.
-    with atomic_path(model_path) as tmp:
-        model.save(tmp)
-    write_json(metadata_path(model_path), {
-        "classes": classes,
-        "image_size": backbone_params.image_size,
-        "backbone": backbone_params.name,
-        "backbone_weights_sha256": fingerprint,
-        "input": "RGB pixels 0..255, float32, shape (N, image_size, image_size, 3)",
-    })
+    info = ModelInfo(classes=classes, image_size=backbone_params.image_size, backbone=backbone_params.name,
+                     backbone_weights_sha256=fingerprint)
+    save_published(model, info, model_path, info_path)
     write_history(history, history_path)
     if params.enabled:
         ckpt.clear()  # done: a later run with the same inputs must train, not resume a finished run

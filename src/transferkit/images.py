@@ -10,8 +10,6 @@ applies the EXIF orientation, converts to RGB and resizes.
 from __future__ import annotations
 
 import hashlib
-import re
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Bumped whenever load_rgb's output for the same file could change; part of the
 # embedding cache key so a change here never reuses stale embeddings.
 RESIZE_SPEC = "pil-exif-rgb-bilinear-squash-v1"
+
+# Pillow's own default limit: about 0.27 GB of RGB pixels once decoded.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# transferkit checks the pixel count itself (in _open, from the header) against
+# data.max_image_pixels; Pillow's global check would apply a second limit of its
+# own, so it is off. Set here once: decoder threads share Pillow's globals.
+Image.MAX_IMAGE_PIXELS = None
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -40,36 +45,28 @@ def _open(path: str | Path, max_pixels: int | None, draft_size: int | None = Non
     """Open and fully decode, turning every failure into ImageRejected.
 
     max_pixels: None = no limit, for files `prepare` has already accepted
-    under data.max_image_pixels (whatever the user set it to).
+    under data.max_image_pixels (whatever the user set it to). The pixel count
+    comes from the header, so an oversized file is never decoded.
 
     draft_size: for JPEG, let libjpeg downscale by 2/4/8 while decoding when
     the image is much larger than needed (much faster for big photos).
     """
-    if max_pixels is None:
-        # Pillow's limit is a module global that decoder threads share: lift it
-        # for good rather than set-and-restore per call, so concurrent decodes
-        # never see each other's values. (A call with a limit sets its own.)
-        Image.MAX_IMAGE_PIXELS = None
-        return _decode(path, draft_size)
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():
-            # PIL only warns between max_pixels and 2x max_pixels: make it an error.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return _decode(path, draft_size)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        found = re.search(r"\((\d+) pixels\)", str(exc))  # PIL: "Image size (N pixels) exceeds ..."
-        size = f"{int(found.group(1))} pixels" if found else "size"
-        raise ImageRejected(
-            f"too large: {size} is over data.max_image_pixels={max_pixels} (decompression-bomb guard)") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+        image = Image.open(path)  # reads the header only
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(f"cannot decode: {exc}") from None
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        image.close()
+        raise ImageRejected(f"too large: {width * height} pixels is over data.max_image_pixels={max_pixels} "
+                            f"(decompression-bomb guard)")
+    return _decode(image, draft_size)
 
 
-def _decode(path: str | Path, draft_size: int | None) -> Image.Image:
+def _decode(image: Image.Image, draft_size: int | None) -> Image.Image:
     try:
-        image = Image.open(path)
         image.seek(0)  # animated GIF/WebP: the first frame
         if draft_size and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -41,14 +43,21 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int)
     return float(ece), table
 
 
-def classification_report(probs: np.ndarray, y_true: np.ndarray, classes: list[str], bins: int = 10) -> dict:
+@dataclass(frozen=True)
+class Report:
+    summary: dict  # JSON-ready: accuracy, macro figures, log loss, ECE, per class
+    confusion: np.ndarray  # counts[i, j] = images of true class i predicted as class j
+    calibration: list[dict]  # per confidence bin: bin_low, bin_high, count, accuracy, confidence
+
+
+def classification_report(probs: np.ndarray, y_true: np.ndarray, classes: list[str], bins: int = 10) -> Report:
     y_pred = probs.argmax(axis=1)
     counts = confusion_matrix(y_true, y_pred, len(classes))
     stats = per_class(counts)
     ece, calibration = expected_calibration_error(probs, y_true, bins)
     eps = 1e-7  # keeps log(0) finite for a confidently wrong prediction
     log_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0))))
-    return {
+    summary = {
         "accuracy": float((y_pred == y_true).mean()),
         "macro_f1": float(stats["f1"].mean()),
         "macro_precision": float(stats["precision"].mean()),
@@ -59,6 +68,5 @@ def classification_report(probs: np.ndarray, y_true: np.ndarray, classes: list[s
         "per_class": {c: {"precision": float(stats["precision"][i]), "recall": float(stats["recall"][i]),
                           "f1": float(stats["f1"][i]), "support": int(stats["support"][i])}
                       for i, c in enumerate(classes)},
-        "_confusion": counts,
-        "_calibration": calibration,
     }
+    return Report(summary, counts, calibration)

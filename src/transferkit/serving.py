@@ -6,16 +6,18 @@ from importlib import metadata
 
 import numpy as np
 
+from transferkit.published import ModelInfo
 
-def model_signature(meta: dict):
+
+def model_signature(info: ModelInfo):
     """Input: (N, size, size, 3) float32 RGB 0..255; output: (N, n_classes) probabilities."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    size = meta["image_size"]
+    size = info.image_size
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, 3), "image")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(meta["classes"])), "probabilities")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(info.classes)), "probabilities")]),
     )
 
 

@@ -35,3 +35,24 @@ def run(main: Callable[[], None], stage: str) -> None:
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; completed work is kept, a rerun continues from it", file=sys.stderr)
         sys.exit(130)
+
+
+def parser(description: str):
+    """The arguments every stage takes: its params file and the local MLflow store (from dvc.yaml)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--mlflow-db", required=True, help="local MLflow store (sqlite file), relative to the repo root; "
+                   "used unless MLFLOW_TRACKING_URI is set")
+    p.add_argument("--mlflow-artifacts", required=True, help="artifact folder of the local MLflow store")
+    return p
+
+
+def tracked(stage: str, args):
+    """(params, StageRun) for a stage, from its parsed arguments."""
+    from transferkit.config import load_params
+    from transferkit.tracking import LocalStore, StageRun
+
+    params = load_params(args.params)
+    return params, StageRun(stage, params, LocalStore(args.mlflow_db, args.mlflow_artifacts))

@@ -10,14 +10,24 @@ is the same for all stages of one execution: the id of the `dvc` process that
 launched them (pid + start time) plus DVC_EXP_NAME when DVC runs an
 experiment. A stage run by hand (outside DVC) gets a parent of its own.
 
+Every stage marks the parent FINISHED when it ends (RUNNING while it works),
+so whichever stage runs last closes it. The first stage of an execution also
+starts a small watcher process (executions.finish_execution)
+that waits for the `dvc` process to end, then records the stages DVC
+restored from its run-cache (their dvc.lock entries changed, yet no stage
+process ran) as child runs tagged `transferkit.restored`, and closes any run a
+killed stage left RUNNING.
+
 The tracking URI is MLFLOW_TRACKING_URI when set (e.g. a team server),
-otherwise a sqlite file at the repo root (DVC_ROOT: also right for
-`dvc exp run --temp`, whose stages run in a temporary copy). Nothing here runs
-on import.
+otherwise the local sqlite store that dvc.yaml names (--mlflow-db, with
+artifacts in --mlflow-artifacts), both relative to the repo root (DVC_ROOT:
+also right for `dvc exp run --temp`, whose stages run in a temporary copy).
+Nothing here runs on import.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -25,22 +35,34 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-PIPELINE_TAG = "transferkit.pipeline"
-STAGE_TAG = "transferkit.stage"
-PARENT_TAG = "mlflow.parentRunId"
+from transferkit.executions import PARENT_TAG, PIPELINE_TAG, STAGE_TAG, launcher, lock_entries, pipeline_key, process_id
 
 
 def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+@dataclass(frozen=True)
+class LocalStore:
+    """The local MLflow store used when MLFLOW_TRACKING_URI is not set; paths relative to the repo root."""
+    database: str  # sqlite file
+    artifacts: str  # folder
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{repo_root() / self.database}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return repo_root() / self.artifacts
+
+
+def tracking_uri(local: LocalStore) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or local.uri
 
 
 def server_problem(uri: str, timeout: float = 5.0) -> str | None:
@@ -69,23 +91,6 @@ def server_problem(uri: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def _launcher_id() -> str:
-    """pid-starttime of the nearest `dvc` ancestor process, else of this process."""
-    me = psutil.Process()
-    for proc in me.parents():
-        try:
-            cmdline = proc.cmdline()
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-        if any(Path(part).name == "dvc" for part in cmdline[:3]) or cmdline[1:3] == ["-m", "dvc"]:
-            return f"{proc.pid}-{int(proc.create_time() * 1000)}"
-    return f"{me.pid}-{int(me.create_time() * 1000)}"
-
-
-def pipeline_key() -> str:
-    return f"{os.environ.get('DVC_EXP_NAME', 'repro')}:{_launcher_id()}"
-
-
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in params.items():
@@ -108,26 +113,29 @@ def _git_commit(root: Path) -> str | None:
 class StageRun:
     """A child run for one stage, under the execution's parent run.
 
-        with StageRun("train_head", params, {"head": params.head.model_dump()}) as run:
+        with StageRun("train_head", params, LocalStore("mlflow.db", "mlruns")) as run:
             run.log_metrics({"val_accuracy": 0.9})
+
+    The child logs the params the stage reads (config.STAGE_PARAMS); the
+    parent logs them all.
     """
 
-    def __init__(self, stage: str, params, stage_params: dict[str, Any]):
-        """params: the whole validated Params (logged on the parent run; its tracking section is used here)."""
-        self.stage, self.all_params, self.stage_params = stage, params.model_dump(), stage_params
+    def __init__(self, stage: str, params, local: LocalStore):
+        from transferkit.config import stage_params
+
+        self.stage, self.local = stage, local
+        self.all_params, self.stage_params = params.model_dump(), stage_params(params, stage)
         self.experiment, self.required = params.tracking.experiment, params.tracking.required
         self.client = None
         self.parent_id = self.run_id = None
 
     # ---- lifecycle -----------------------------------------------------------------
     def __enter__(self) -> "StageRun":
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         from transferkit.errors import TransferkitError
 
-        uri = tracking_uri()
-        # Read before set_tracking_uri, which also exports MLFLOW_TRACKING_URI.
+        uri = tracking_uri(self.local)
         self.local_default_store = not os.environ.get("MLFLOW_TRACKING_URI")
         problem = server_problem(uri)
         if problem and self.required:
@@ -135,19 +143,18 @@ class StageRun:
                 f"MLflow tracking server {uri} is unreachable ({problem}). Start it, correct MLFLOW_TRACKING_URI, "
                 f"or set tracking.required: false in params.yaml to go on with local-only tracking.")
         if problem:
-            uri, self.local_default_store = f"sqlite:///{repo_root() / 'mlflow.db'}", True
+            uri, self.local_default_store = self.local.uri, True
             print(f"{self.stage}: warning: MLflow tracking server unreachable ({problem}); "
                   f"tracking.required is false, so this run is tracked locally in {uri}", file=sys.stderr, flush=True)
-        mlflow.set_tracking_uri(uri)
+        self.uri = uri
         try:
             self.client = MlflowClient(uri)
-            experiment_id = self._experiment_id()
+            self.experiment_id = self._experiment_id()
         except Exception as exc:  # bad URI, locked or unwritable database
             raise TransferkitError(f"MLflow tracking store {uri} is not usable: {exc}") from None
-        self.experiment_id = experiment_id
-        self.parent_id = self._parent_run(experiment_id)
+        self.parent_id = self._parent_run(self.experiment_id)
         child = self.client.create_run(
-            experiment_id, run_name=self.stage,
+            self.experiment_id, run_name=self.stage,
             tags={PARENT_TAG: self.parent_id, STAGE_TAG: self.stage, PIPELINE_TAG: pipeline_key()})
         self.run_id = child.info.run_id
         self.log_params(flatten(self.stage_params))
@@ -156,12 +163,8 @@ class StageRun:
     def __exit__(self, exc_type, exc, tb) -> None:
         status = "FINISHED" if exc_type is None else "FAILED"
         self.client.set_terminated(self.run_id, status=status)
-        if exc_type is not None:
-            self.client.set_terminated(self.parent_id, status="FAILED")
-
-    def finish_pipeline(self) -> None:
-        """The last stage closes the parent run."""
-        self.client.set_terminated(self.parent_id, status="FINISHED")
+        # Whichever stage ends last leaves the parent closed; a failure fails the execution.
+        self.client.set_terminated(self.parent_id, status=status)
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
@@ -169,9 +172,9 @@ class StageRun:
             return found.experiment_id
         artifact_location = None
         if self.local_default_store:
-            # Local store: keep artifacts next to mlflow.db at the repo root, not in
+            # Local store: artifacts in the folder dvc.yaml names, at the repo root, not in
             # whatever directory the first stage happened to run in.
-            artifact_location = (repo_root() / "mlruns" / self.experiment).as_uri()
+            artifact_location = (self.local.artifact_root / self.experiment).as_uri()
         return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
 
     def _parent_run(self, experiment_id: str) -> str:
@@ -180,7 +183,11 @@ class StageRun:
             [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`{STAGE_TAG}` = 'pipeline'",
             max_results=1)
         if found:
-            return found[0].info.run_id
+            parent_id = found[0].info.run_id
+            if found[0].info.status == "FAILED":
+                return parent_id  # an earlier stage failed: the execution stays failed
+            self.client.update_run(parent_id, status="RUNNING")
+            return parent_id
         name = os.environ.get("DVC_EXP_NAME") or time.strftime("repro-%Y%m%d-%H%M%S")
         tags = {PIPELINE_TAG: key, STAGE_TAG: "pipeline"}
         commit = _git_commit(repo_root())
@@ -190,7 +197,21 @@ class StageRun:
             tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
         parent = self.client.create_run(experiment_id, run_name=name, tags=tags)
         self._log_params(parent.info.run_id, flatten(self.all_params))
+        self._start_watcher(parent.info.run_id)
         return parent.info.run_id
+
+    def _start_watcher(self, parent_id: str) -> None:
+        """After the `dvc` process ends: record restored stages, close what a kill left open."""
+        dvc = launcher()
+        if dvc is None:
+            return  # run by hand: no execution to wait for
+        lock = Path.cwd() / "dvc.lock"
+        args = {"uri": self.uri, "experiment_id": self.experiment_id, "parent_id": parent_id,
+                "launcher": process_id(dvc), "lock": str(lock), "before": lock_entries(lock)}
+        # Detached, with no pipes: DVC and callers waiting for the stage's output must not wait for it.
+        subprocess.Popen([sys.executable, "-m", "transferkit.executions", "finish", json.dumps(args)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, close_fds=True)
 
     # ---- logging -------------------------------------------------------------------
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -237,3 +258,4 @@ class StageRun:
             for path in extra_files:
                 mlflow.log_artifact(str(path), artifact_path="model_extras")
         return info.model_uri
+

@@ -12,15 +12,6 @@ from transferkit.errors import TransferkitError
 from transferkit.files import atomic_path
 
 
-def seed_everything(seed: int) -> None:
-    """Same inputs, same model: seeds Python, NumPy and TF, and makes TF ops deterministic."""
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-
-
 def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:
     """'balanced': weight = n / (n_classes * count), so every class counts equally in the loss."""
     if mode == "none":

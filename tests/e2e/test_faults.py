@@ -26,8 +26,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, closed_port_url, make_image_folder
-from transferkit.features import EmbeddingCache, load_embeddings
+from conftest import LOCAL_STORE, REPO, closed_port_url, make_image_folder
+from transferkit.embeddings import read_table
+from transferkit.store import EmbeddingStore
 
 pytestmark = pytest.mark.e2e
 
@@ -46,8 +47,11 @@ def workspace(tmp_path_factory) -> Path:
         "finetune": {"epochs": 4, "patience": 10, "unfreeze": 10, "batch_size": 8},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    stage(root, "prepare", "--out", "prepared")
+    stage(root, "prepare", *PREPARE_ARGS)
     return root
+
+
+PREPARE_ARGS = ("--manifest", "prepared/manifest.parquet", "--report", "prepared/report.json")
 
 
 def environ(root: Path, **extra: str) -> dict:
@@ -56,7 +60,8 @@ def environ(root: Path, **extra: str) -> dict:
 
 
 def command(root: Path, name: str, *args: str) -> list[str]:
-    return [sys.executable, str(REPO / "stages" / f"{name}.py"), "--params", str(root / "params.yaml"), *args]
+    return [sys.executable, str(REPO / "stages" / f"{name}.py"), "--params", str(root / "params.yaml"), *LOCAL_STORE,
+            *args]
 
 
 def stage(root: Path, name: str, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -67,8 +72,9 @@ def stage(root: Path, name: str, *args: str, check: bool = True, **env: str) -> 
     return out
 
 
-def extract_args(root: Path, features: str = "features") -> list[str]:
-    return ["--manifest", "prepared/manifest.parquet", "--features", features, "--metrics", f"metrics/{features}.json"]
+def extract_args(root: Path, store: str = "store") -> list[str]:
+    return ["--manifest", "prepared/manifest.parquet", "--store", store, "--embeddings", f"{store}.npz",
+            "--metrics", f"metrics/{store}.json"]
 
 
 def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
@@ -102,7 +108,7 @@ def test_killed_extract_keeps_its_shards_and_the_rerun_computes_only_the_rest(wo
     with open(log, "w") as sink:
         proc = subprocess.Popen(command(root, "extract", *extract_args(root)), cwd=root, env=environ(root),
                                 stdout=sink, stderr=subprocess.STDOUT)
-    shards = lambda: list((root / "features").glob("*/shard-*.npz"))  # noqa: E731
+    shards = lambda: list((root / "store").glob("*/shard-*.npz"))  # noqa: E731
     wait_for(lambda: len(shards()) == BLOCK_AT // SHARD, proc, log)
     time.sleep(1.0)  # blocked on the pipe: nothing more can be written
     kill(proc)
@@ -121,35 +127,35 @@ def test_killed_extract_keeps_its_shards_and_the_rerun_computes_only_the_rest(wo
     victim.unlink()
     victim.write_bytes(original)
     rerun = stage(root, "extract", *extract_args(root))
-    figures = json.loads((root / "metrics" / "features.json").read_text())
+    figures = json.loads((root / "metrics" / "store.json").read_text())
     assert (figures["reused"], figures["computed"]) == (len(kept), len(hashes) - len(kept)) == (16, 44)
     assert "half-written shard of an interrupted run" in rerun.stdout
     assert not list(cache_dir.glob(".tmp-*"))
-    assert EmbeddingCache(cache_dir).known_hashes() == set(hashes)
+    assert EmbeddingStore(cache_dir).known_hashes() == set(hashes)
 
-    embeddings, _ = load_embeddings(root / "features", hashes)
+    embeddings = read_table(root / "store.npz").rows(hashes)
     for i, h in enumerate(hashes):
         if h in kept:
             np.testing.assert_array_equal(embeddings[i], kept[h])  # reused, not recomputed
     # The same embeddings as one uninterrupted run.
-    stage(root, "extract", *extract_args(root, "features-clean"))
-    clean, _ = load_embeddings(root / "features-clean", hashes)
+    stage(root, "extract", *extract_args(root, "store-clean"))
+    clean = read_table(root / "store-clean.npz").rows(hashes)
     np.testing.assert_allclose(embeddings, clean, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
 def trained_head(workspace) -> Path:
     stage(workspace, "extract", *extract_args(workspace))
-    stage(workspace, "train_head", "--manifest", "prepared/manifest.parquet", "--features", "features",
+    stage(workspace, "train_head", "--manifest", "prepared/manifest.parquet", "--embeddings", "store.npz",
           "--model", "models/head.keras", "--history", "plots/train_head.csv", "--metrics", "metrics/train_head.json")
     return workspace
 
 
 def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head):
     root = trained_head
-    args = ["--manifest", "prepared/manifest.parquet", "--features", "features", "--head", "models/head.keras",
-            "--model", "models/model.keras", "--history", "plots/finetune.csv", "--metrics", "metrics/finetune.json",
-            "--checkpoints", ".checkpoints/finetune"]
+    args = ["--manifest", "prepared/manifest.parquet", "--embeddings", "store.npz", "--head", "models/head.keras",
+            "--model", "models/model.keras", "--model-info", "models/model.json", "--history", "plots/finetune.csv",
+            "--metrics", "metrics/finetune.json", "--checkpoints", ".checkpoints/finetune"]
     state_path = root / ".checkpoints" / "finetune" / "state.json"
     log = root / "finetune-killed.log"
     with open(log, "w") as sink:
@@ -178,7 +184,8 @@ def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head):
 
 
 def test_unreachable_tracking_server_stops_the_stage_before_any_work(workspace):
-    out = stage(workspace, "prepare", "--out", "prepared-offline", check=False, MLFLOW_TRACKING_URI=closed_port_url())
+    out = stage(workspace, "prepare", "--manifest", "prepared-offline/manifest.parquet", "--report",
+                "prepared-offline/report.json", check=False, MLFLOW_TRACKING_URI=closed_port_url())
     assert out.returncode == 1
     assert "prepare: error: MLflow tracking server" in out.stderr and "tracking.required: false" in out.stderr
     assert "Traceback" not in out.stderr
@@ -191,7 +198,7 @@ def test_unreachable_tracking_server_not_required_warns_and_tracks_locally(works
     relaxed = tmp_path / "params.yaml"
     relaxed.write_text(yaml.safe_dump(params))
     out = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(relaxed), "--out", "prepared"],
+        [sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(relaxed), *LOCAL_STORE, *PREPARE_ARGS],
         cwd=tmp_path, env={**environ(workspace), "MLFLOW_TRACKING_URI": closed_port_url()},
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

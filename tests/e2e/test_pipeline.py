@@ -97,6 +97,7 @@ def test_full_pipeline_produces_model_metrics_and_plots(project, first_run, env)
     for name in ("confusion.png", "calibration.png", "curves.png", "confusion.csv", "train_head.csv", "finetune.csv"):
         assert (project / "plots" / name).stat().st_size > 0, name
     assert (project / "models" / "model.keras").exists()
+    assert not (project / "data" / "prepared" / "classes.json").exists()
     shown = sh(["dvc", "metrics", "show", "--json"], project, env).stdout
     assert "macro_f1" in shown
 
@@ -148,7 +149,7 @@ def test_same_inputs_same_model(project, first_run, env):
     outputs = ["metrics/train_head.json", "metrics/finetune.json", "metrics/evaluate.json", "plots/predictions.csv",
                "plots/train_head.csv", "plots/finetune.csv"]
     before = {name: (project / name).read_bytes() for name in outputs}
-    shutil.rmtree(project / "data" / "features")  # no cached embeddings: the backbone runs again too
+    shutil.rmtree(project / "data" / "embedding_store")  # no cached embeddings: the backbone runs again too
     again = sh(["dvc", "repro", "--force", "--downstream", "extract"], project, env)
     assert stages_run(again.stdout) == ["extract", "train_head", "finetune", "evaluate"]
     assert json.loads((project / "metrics" / "extract.json").read_text())["reused"] == 0
@@ -212,3 +213,31 @@ def test_broken_symlink_in_the_data_folder_is_named_by_dvc(project, first_run, e
         link.unlink()
     assert out.returncode != 0
     assert "dangling.png" in out.stderr + out.stdout and "Traceback" not in out.stderr
+
+
+def test_coming_back_to_a_backbone_restores_the_later_stages_from_the_run_cache(project, first_run, env):
+    """Backbone A, then B, then A again: the third run re-runs only extract (which finds every embedding in
+    the store and writes the same table), and DVC restores train_head, finetune and evaluate from its
+    run-cache; MLflow shows them as restored under one finished parent run."""
+    sh(["dvc", "exp", "run", "-n", "backbone-b", "-S", "backbone.weights=none"], project, env)
+    table = (project / "data" / "embeddings.npz").read_bytes()
+    back = sh(["dvc", "exp", "run", "-n", "backbone-a-again", "-S", "backbone.weights=imagenet"], project, env)
+    assert stages_run(back.stdout) == ["extract"]
+    for name in ("train_head", "finetune", "evaluate"):
+        assert f"Stage '{name}' is cached - skipping run, checking out outputs" in back.stdout, back.stdout
+    assert (project / "data" / "embeddings.npz").read_bytes() != table  # A's table again, not B's
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("transferkit")
+    deadline = time.time() + 120  # the execution's watcher records the restored stages once dvc has ended
+    while True:
+        parent = next(r for r in client.search_runs([experiment.experiment_id], "attributes.run_name = 'backbone-a-again'"))
+        if "transferkit.restored_stages" in parent.data.tags or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert parent.data.tags.get("transferkit.restored_stages") == "evaluate,finetune,train_head"
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted((r.info.run_name, r.data.tags.get("transferkit.restored")) for r in children) == [
+        ("evaluate", "true"), ("extract", None), ("finetune", "true"), ("train_head", "true")]
+    assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from transferkit.config import HeadParams
-from transferkit.data import classes_of, load_manifest
-from transferkit.errors import TransferkitError
-from transferkit.features import load_embeddings
+from transferkit.embeddings import read_table
 from transferkit.files import atomic_path
-from transferkit.training import class_weights, compile_classifier, nan_guard, seed_everything, write_history
+from transferkit.manifest import classes_of, load_manifest, split_of
+from transferkit.seeding import seed_everything
+from transferkit.training import class_weights, compile_classifier, nan_guard, write_history
 
 
 def build_head(embedding_dim: int, n_classes: int, params: HeadParams):
@@ -35,27 +35,23 @@ def build_head(embedding_dim: int, n_classes: int, params: HeadParams):
     return keras.Model(inputs, outputs, name="head")
 
 
-def train_head(manifest_path: str | Path, features_dir: str | Path, model_path: str | Path,
+def train_head(manifest_path: str | Path, embeddings_path: str | Path, model_path: str | Path,
                history_path: str | Path, params: HeadParams, seed: int, tracker=None) -> dict:
     import keras
 
     seed_everything(seed)
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
-    train = manifest[manifest["split"] == "train"]
-    val = manifest[manifest["split"] == "val"]
-    x_train, current = load_embeddings(features_dir, train["sha256"].tolist())
+    train, val = split_of(manifest, "train"), split_of(manifest, "val")
+    table = read_table(embeddings_path)
+    x_train = table.rows(train["sha256"].tolist())
     y_train = train["label_index"].to_numpy(np.int32)
     has_val = len(val) > 0
     validation = None
     if has_val:
-        x_val, _ = load_embeddings(features_dir, val["sha256"].tolist())
-        validation = (x_val, val["label_index"].to_numpy(np.int32))
+        validation = (table.rows(val["sha256"].tolist()), val["label_index"].to_numpy(np.int32))
 
-    if not (np.isfinite(x_train).all() and (validation is None or np.isfinite(validation[0]).all())):
-        raise TransferkitError(f"{features_dir}: the cached embeddings hold NaN or infinite values; "
-                               f"the backbone weights are broken (check backbone.weights)")
-    model = build_head(current["embedding_dim"], len(classes), params)
+    model = build_head(table.dim, len(classes), params)
     compile_classifier(model, params.learning_rate)
     monitor = "val_loss" if has_val else "loss"
     callbacks = [
@@ -76,6 +72,7 @@ def train_head(manifest_path: str | Path, features_dir: str | Path, model_path: 
         model.save(tmp)
     best = min(rows, key=lambda r: r[monitor])
     return {
+        "batch_size": params.batch_size,
         "epochs_run": len(rows),
         "best_epoch": best["epoch"],
         "train_accuracy": best["accuracy"],

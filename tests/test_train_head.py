@@ -2,9 +2,8 @@ import numpy as np
 import pandas as pd
 
 from transferkit.config import HeadParams
-from transferkit.features import EmbeddingCache
-from transferkit.files import write_json
-from transferkit.head import build_head, train_head
+from transferkit.embeddings import write_table
+from transferkit.train_head import build_head, train_head
 from transferkit.training import class_weights
 
 
@@ -20,7 +19,7 @@ def test_head_shapes():
 
 
 def write_fake_features(tmp_path, n_per_class=20, dim=16, seed=0, scale=1.0):
-    """Separable embeddings in a real cache layout, with a manifest pointing at them."""
+    """Separable embeddings in a real embedding table, with a manifest pointing at them."""
     rng = np.random.default_rng(seed)
     rows, hashes, vectors = [], [], []
     centres = rng.normal(size=(3, dim)) * 3
@@ -34,14 +33,13 @@ def write_fake_features(tmp_path, n_per_class=20, dim=16, seed=0, scale=1.0):
             vectors.append(np.clip((centres[label] + rng.normal(size=dim)) * scale, -3e38, 3e38))  # float32 max 3.4e38
     manifest = tmp_path / "manifest.parquet"
     pd.DataFrame(rows).to_parquet(manifest)
-    EmbeddingCache(tmp_path / "features" / "k").write_shard(hashes, np.array(vectors, dtype=np.float32))
-    write_json(tmp_path / "features" / "current.json", {"key": "k", "embedding_dim": dim})
+    write_table(tmp_path / "embeddings.npz", hashes, np.array(vectors, dtype=np.float32), {"key": "k"})
     return manifest
 
 
 def test_train_head_learns_and_writes_outputs(tmp_path):
     manifest = write_fake_features(tmp_path)
-    result = train_head(manifest, tmp_path / "features", tmp_path / "head.keras", tmp_path / "history.csv",
+    result = train_head(manifest, tmp_path / "embeddings.npz", tmp_path / "head.keras", tmp_path / "history.csv",
                         HeadParams(epochs=40, patience=5, learning_rate=0.01), seed=0)
     assert result["val_accuracy"] >= 0.9
     history = pd.read_csv(tmp_path / "history.csv")
@@ -56,8 +54,8 @@ def test_train_head_learns_and_writes_outputs(tmp_path):
 def test_same_inputs_same_head(tmp_path):
     manifest = write_fake_features(tmp_path)
     params = HeadParams(epochs=5)
-    a = train_head(manifest, tmp_path / "features", tmp_path / "a.keras", tmp_path / "a.csv", params, seed=3)
-    b = train_head(manifest, tmp_path / "features", tmp_path / "b.keras", tmp_path / "b.csv", params, seed=3)
+    a = train_head(manifest, tmp_path / "embeddings.npz", tmp_path / "a.keras", tmp_path / "a.csv", params, seed=3)
+    b = train_head(manifest, tmp_path / "embeddings.npz", tmp_path / "b.keras", tmp_path / "b.csv", params, seed=3)
     assert a == b
     assert pd.read_csv(tmp_path / "a.csv").equals(pd.read_csv(tmp_path / "b.csv"))
 
@@ -70,7 +68,7 @@ def test_nan_loss_stops_training_and_publishes_nothing(tmp_path):
     # Finite but enormous embeddings: the logits overflow to inf, the loss to NaN.
     manifest = write_fake_features(tmp_path, scale=1e38)
     with pytest.raises(TransferkitError, match=r"loss became nan at epoch 0, batch 0.*no model was written. Lower head.learning_rate"):
-        train_head(manifest, tmp_path / "features", tmp_path / "head.keras", tmp_path / "history.csv",
+        train_head(manifest, tmp_path / "embeddings.npz", tmp_path / "head.keras", tmp_path / "history.csv",
                    HeadParams(epochs=3), seed=0)
     assert not (tmp_path / "head.keras").exists()
     assert not list(tmp_path.glob(".tmp-*"))
@@ -83,5 +81,5 @@ def test_non_finite_embeddings_are_refused(tmp_path):
 
     manifest = write_fake_features(tmp_path, scale=float("nan"))
     with pytest.raises(TransferkitError, match="NaN or infinite"):
-        train_head(manifest, tmp_path / "features", tmp_path / "head.keras", tmp_path / "history.csv",
+        train_head(manifest, tmp_path / "embeddings.npz", tmp_path / "head.keras", tmp_path / "history.csv",
                    HeadParams(epochs=3), seed=0)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from transferkit.config import DataParams
-from transferkit.data import assign_splits, prepare
+from transferkit.prepare import assign_splits, prepare
 from transferkit.errors import TransferkitError
 from transferkit.files import read_json
 
@@ -15,7 +15,8 @@ from conftest import make_image_folder
 
 def run_prepare(source, tmp_path, **overrides):
     params = DataParams(**{"val_fraction": 0.25, "test_fraction": 0.25, **overrides})
-    report = prepare(source, tmp_path / "prepared", params)
+    out = tmp_path / "prepared"
+    report = prepare(source, out / "manifest.parquet", out / "report.json", params)
     return report, pd.read_parquet(tmp_path / "prepared" / "manifest.parquet")
 
 
@@ -27,7 +28,7 @@ def test_folder_becomes_stratified_manifest(image_folder, tmp_path):
     for split, n in (("train", 4), ("val", 2), ("test", 2)):
         assert set(report["per_split"][split].values()) == {n}
     assert manifest["sha256"].str.len().eq(64).all()
-    assert read_json(tmp_path / "prepared" / "classes.json") == report["classes"]
+    assert read_json(tmp_path / "prepared" / "report.json") == report
     assert set(manifest["label_index"]) == {0, 1, 2}
 
 
@@ -226,7 +227,7 @@ def test_messy_manifest(image_folder, tmp_path, kind):
 
 def test_empty_class_folder_stops_before_decoding(image_folder, tmp_path, monkeypatch):
     (image_folder / "empty class").mkdir()
-    monkeypatch.setattr("transferkit.data.inspect_image", _must_not_decode)
+    monkeypatch.setattr("transferkit.prepare.inspect_image", _must_not_decode)
     with pytest.raises(TransferkitError, match=r"empty class \(0\)"):
         run_prepare(image_folder, tmp_path)
     assert not (tmp_path / "prepared").exists()
@@ -235,7 +236,7 @@ def test_empty_class_folder_stops_before_decoding(image_folder, tmp_path, monkey
 def test_class_too_small_for_a_test_split_names_the_key(image_folder, tmp_path, monkeypatch):
     for path in sorted((image_folder / "triangle").iterdir())[2:]:
         path.unlink()
-    monkeypatch.setattr("transferkit.data.inspect_image", _must_not_decode)
+    monkeypatch.setattr("transferkit.prepare.inspect_image", _must_not_decode)
     with pytest.raises(TransferkitError, match=r"data.test_fraction=0.25 leaves no test image for class\(es\) triangle"):
         run_prepare(image_folder, tmp_path, min_images_per_class=1)
 
@@ -265,14 +266,15 @@ def test_stage_prints_one_clear_message_and_no_traceback(image_folder, tmp_path)
     import subprocess
     import sys
 
-    from conftest import REPO
+    from conftest import LOCAL_STORE, REPO
 
     (image_folder / "lonely").mkdir()
     Image.new("RGB", (40, 40)).save(image_folder / "lonely" / "only.png")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     out = subprocess.run(
         [sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(REPO / "params.yaml"),
-         "--source", str(image_folder), "--out", str(tmp_path / "prepared")],
+         "--source", str(image_folder), "--manifest", str(tmp_path / "prepared" / "manifest.parquet"),
+         "--report", str(tmp_path / "prepared" / "report.json"), *LOCAL_STORE],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "prepare: error:" in out.stderr and "lonely (1)" in out.stderr

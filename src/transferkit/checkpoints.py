@@ -1,0 +1,97 @@
+"""Per-epoch checkpoints of a training run, with early stopping, that survive a kill.
+
+A rerun with the same inputs resumes after the last completed epoch; a run
+with other inputs starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from transferkit.files import atomic_path, read_json, write_json
+
+
+def run_fingerprint(parts: dict) -> str:
+    """Identifies the inputs of a fine-tune run; a checkpoint is resumed only by the same run."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+class Checkpointer:
+    """Per-epoch checkpoint + early stopping whose state survives a kill.
+
+    After each epoch: the weights (model and optimizer state) go to
+    `epoch-<n>.weights.h5`, then `state.json` is rewritten. state.json is the
+    commit point: it names the last completed epoch's file and the best
+    epoch's file, and a file is deleted only once state.json no longer names
+    it. A kill at any moment leaves state.json describing files that exist
+    and match it.
+    """
+
+    def __init__(self, folder: Path, fingerprint: str, monitor: str, patience: int):
+        self.folder, self.fingerprint, self.monitor, self.patience = Path(folder), fingerprint, monitor, patience
+        self.state = {"fingerprint": fingerprint, "epoch": -1, "best": None, "best_epoch": None,
+                      "wait": 0, "stopped": False, "history": []}
+
+    @property
+    def state_path(self) -> Path:
+        return self.folder / "state.json"
+
+    def weights_path(self, epoch: int) -> Path:
+        return self.folder / f"epoch-{epoch}.weights.h5"
+
+    def resume(self, model) -> int:
+        """Load a matching checkpoint into `model`; returns the first epoch still to run."""
+        if not self.state_path.exists():
+            return 0
+        state = read_json(self.state_path)
+        if state.get("fingerprint") != self.fingerprint:
+            print("finetune: checkpoint is from different inputs; starting over", flush=True)
+            self.clear()
+            return 0
+        model.optimizer.build(model.trainable_variables)  # so the saved optimizer state has a place to go
+        model.load_weights(self.weights_path(state["epoch"]))
+        self.state = state
+        print(f"finetune: resuming after epoch {state['epoch']} from {self.folder}", flush=True)
+        return state["epoch"] + 1
+
+    def callback(self):
+        import keras
+
+        ckpt = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                ckpt.on_epoch_end(self.model, epoch, logs or {})
+
+        return _Callback()
+
+    def on_epoch_end(self, model, epoch: int, logs: dict) -> None:
+        state = self.state
+        state["history"].append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
+        value = float(logs[self.monitor])
+        if state["best"] is None or value < state["best"]:
+            state.update(best=value, best_epoch=epoch, wait=0)
+        else:
+            state["wait"] += 1
+        if state["wait"] >= self.patience:
+            state["stopped"] = True
+            model.stop_training = True
+        state["epoch"] = epoch
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.weights_path(epoch)) as tmp:
+            model.save_weights(tmp)
+        write_json(self.state_path, state)  # the commit point
+        keep = {self.weights_path(epoch).name, self.weights_path(state["best_epoch"]).name}
+        for old in self.folder.glob("epoch-*.weights.h5"):
+            if old.name not in keep:
+                old.unlink()
+
+    def restore_best(self, model) -> None:
+        if self.state["best_epoch"] is not None:
+            model.load_weights(self.weights_path(self.state["best_epoch"]))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

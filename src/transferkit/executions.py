@@ -1,0 +1,100 @@
+"""Which pipeline execution a stage belongs to, and completing its MLflow record after DVC ends.
+
+An execution is one `dvc repro` / `dvc exp run`: its stages are separate
+processes that share the nearest `dvc` ancestor process. tracking.StageRun
+uses `pipeline_key` to find the execution's parent run, and the first stage
+starts `finish_execution` in a detached process (`python -m
+transferkit.executions finish ...`): once the `dvc` process ends, it records
+the stages DVC restored from its run-cache (their dvc.lock entries changed,
+yet no stage process ran) as child runs tagged `transferkit.restored`, and
+closes what a killed stage left RUNNING. (Runs in a temporary copy, `dvc exp
+run --temp` or the queue, lose their dvc.lock before it looks: there it only
+closes runs.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+PIPELINE_TAG = "transferkit.pipeline"
+STAGE_TAG = "transferkit.stage"
+RESTORED_TAG = "transferkit.restored"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def launcher() -> psutil.Process | None:
+    """The nearest `dvc` ancestor process: the execution this stage belongs to."""
+    for proc in psutil.Process().parents():
+        try:
+            cmdline = proc.cmdline()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if any(Path(part).name == "dvc" for part in cmdline[:3]) or cmdline[1:3] == ["-m", "dvc"]:
+            return proc
+    return None
+
+
+def process_id(proc: psutil.Process) -> str:
+    return f"{proc.pid}-{int(proc.create_time() * 1000)}"
+
+
+def pipeline_key() -> str:
+    """Same for every stage of one execution; a stage run by hand is an execution of its own."""
+    return f"{os.environ.get('DVC_EXP_NAME', 'repro')}:{process_id(launcher() or psutil.Process())}"
+
+
+def lock_entries(lock: Path) -> dict[str, str]:
+    """stage -> digest of its dvc.lock entry (deps, params, outs with their hashes)."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load(lock.read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, AttributeError, yaml.YAMLError):
+        return {}
+    return {name: hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
+            for name, entry in stages.items()}
+
+
+def finish_execution(uri: str, experiment_id: str, parent_id: str, launcher: str, lock: str,
+                     before: dict[str, str], poll: float = 0.5) -> None:
+    """Wait for the `dvc` process `launcher` (pid-starttime) to end, then complete the execution's record."""
+    from mlflow.tracking import MlflowClient
+
+    pid = int(launcher.split("-")[0])
+    while True:
+        try:
+            proc = psutil.Process(pid)
+            if process_id(proc) != launcher or proc.status() == psutil.STATUS_ZOMBIE:
+                break  # ended (a zombie has ended too), or the pid now belongs to another process
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(poll)
+    client = MlflowClient(uri)
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    for child in children:
+        if child.info.status == "RUNNING":  # its stage was killed
+            client.set_terminated(child.info.run_id, status="KILLED")
+    ran = {child.info.run_name for child in children}
+    after = lock_entries(Path(lock))
+    restored = sorted(stage for stage, entry in after.items() if before.get(stage) != entry and stage not in ran)
+    key = client.get_run(parent_id).data.tags.get(PIPELINE_TAG, "")
+    for stage in restored:
+        run = client.create_run(experiment_id, run_name=stage, tags={
+            PARENT_TAG: parent_id, STAGE_TAG: stage, PIPELINE_TAG: key, RESTORED_TAG: "true",
+            "mlflow.note.content": "Restored by DVC from its run-cache: these inputs were run before."})
+        client.set_terminated(run.info.run_id, status="FINISHED")
+    if restored:
+        client.set_tag(parent_id, "transferkit.restored_stages", ",".join(restored))
+    if client.get_run(parent_id).info.status == "RUNNING":  # a stage was killed
+        client.set_terminated(parent_id, status="KILLED")
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["finish"]:
+    finish_execution(**json.loads(sys.argv[2]))

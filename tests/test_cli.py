@@ -1,0 +1,46 @@
+import json
+
+import numpy as np
+
+from transferkit.cli import collect_images, main
+
+from conftest import draw_example, save_colour_model
+
+
+def test_collect_images_searches_folders_and_reports_what_it_cannot_use(tmp_path):
+    (tmp_path / "a" / ".hidden").mkdir(parents=True)
+    (tmp_path / "a" / "x.png").write_bytes(b"")
+    (tmp_path / "a" / ".hidden" / "y.png").write_bytes(b"")
+    (tmp_path / "a" / "notes.txt").write_text("")
+    (tmp_path / "empty").mkdir()
+    images, problems = collect_images([str(tmp_path / "a"), str(tmp_path / "empty"), str(tmp_path / "gone.png")])
+    assert images == [tmp_path / "a" / "x.png"]
+    assert problems == [(str(tmp_path / "empty"), "folder holds no image files"),
+                        (str(tmp_path / "gone.png"), "no such file or folder")]
+
+
+def test_predict_prints_labels_and_skips_bad_files(tmp_path, capsys):
+    model, info = save_colour_model(tmp_path)
+    rng = np.random.default_rng(1)
+    draw_example("square", 40, rng).save(tmp_path / "square one.png")
+    draw_example("circle", 40, rng).save(tmp_path / "circle.jpg")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    args = ["predict", str(tmp_path / "square one.png"), str(tmp_path / "circle.jpg"), str(tmp_path / "broken.png"),
+            "--model", str(model), "--model-info", str(info)]
+    assert main(args + ["--top-k", "2"]) == 1  # a file was skipped
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert lines[0] == "path,rank,label,probability"
+    assert lines[1].startswith(f"{tmp_path / 'square one.png'},1,square,") and len(lines) == 5
+    assert "skipped" in err and "broken.png" in err
+
+    assert main(args[:3] + args[4:] + ["--format", "json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["predictions"][0]["label"] for r in results] == ["square", "circle"]
+
+
+def test_predict_without_a_model_is_one_clear_line(tmp_path, capsys):
+    draw_example("square", 40, np.random.default_rng(1)).save(tmp_path / "x.png")
+    assert main(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "none.keras"),
+                 "--model-info", str(tmp_path / "none.json")]) == 1
+    assert "error:" in capsys.readouterr().err
