@@ -115,6 +115,8 @@ def test_after_dvc_ends_restored_stages_are_recorded_and_nothing_is_left_running
     lock.write_text("schema: '2.0'\nstages:\n  prepare: {outs: [a]}\n  train_head: {outs: [b]}\n  evaluate: {outs: [c]}\n")
     from transferkit.executions import lock_entries
 
+    (in_tmp_cwd / "dvc.yaml").write_text("stages:\n  evaluate:\n    metrics: [{m.json: {cache: false}}]\n")
+    (in_tmp_cwd / "m.json").write_text('{"accuracy": 0.75, "per_class": {}, "note": "x"}')
     before = lock_entries(lock)
     with StageRun("prepare", PARAMS, LOCAL) as prepare:
         pass
@@ -129,6 +131,8 @@ def test_after_dvc_ends_restored_stages_are_recorded_and_nothing_is_left_running
     children = client.search_runs([prepare.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{prepare.parent_id}'")
     restored = sorted(r.info.run_name for r in children if r.data.tags.get(RESTORED_TAG) == "true")
     assert restored == ["evaluate", "train_head"]
+    evaluate = next(r for r in children if r.info.run_name == "evaluate")
+    assert evaluate.data.metrics == {"accuracy": 0.75}  # the restored stage's metrics, as restored
     assert client.get_run(killed.run_id).info.status == "KILLED"
     assert all(r.info.status != "RUNNING" for r in children)
     parent = client.get_run(prepare.parent_id)

@@ -62,6 +62,25 @@ def lock_entries(lock: Path) -> dict[str, str]:
             for name, entry in stages.items()}
 
 
+def restored_metrics(lock: Path, stage: str) -> dict[str, float]:
+    """The numbers in a stage's DVC metrics files (as dvc.yaml beside the lock names them), as restored."""
+    import yaml
+
+    try:
+        entries = yaml.safe_load((lock.parent / "dvc.yaml").read_text(encoding="utf-8"))["stages"][stage].get("metrics", [])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return {}
+    values: dict[str, float] = {}
+    for entry in entries:
+        path = lock.parent / (entry if isinstance(entry, str) else next(iter(entry)))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        values.update({k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return values
+
+
 def finish_execution(uri: str, experiment_id: str, parent_id: str, launcher: str, lock: str,
                      before: dict[str, str], poll: float = 0.5) -> None:
     """Wait for the `dvc` process `launcher` (pid-starttime) to end, then complete the execution's record."""
@@ -89,6 +108,8 @@ def finish_execution(uri: str, experiment_id: str, parent_id: str, launcher: str
         run = client.create_run(experiment_id, run_name=stage, tags={
             PARENT_TAG: parent_id, STAGE_TAG: stage, PIPELINE_TAG: key, RESTORED_TAG: "true",
             "mlflow.note.content": "Restored by DVC from its run-cache: these inputs were run before."})
+        for name, value in restored_metrics(Path(lock), stage).items():
+            client.log_metric(run.info.run_id, name, value)
         client.set_terminated(run.info.run_id, status="FINISHED")
     if restored:
         client.set_tag(parent_id, "transferkit.restored_stages", ",".join(restored))
