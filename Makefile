@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test bench ui lock clean services services-stop postgresql
+.PHONY: install run test bench ui serve lock clean services services-stop postgresql
 
 install: $(STAMP)
 
@@ -43,6 +43,13 @@ bench: install
 # The MLflow UI on this machine only: http://127.0.0.1:5000
 ui: install
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# The registered model (tracking.registered_model), latest version, on this machine only:
+# POST base64 image files to http://127.0.0.1:5001/invocations (see README).
+MODEL ?= transferkit
+PORT ?= 5001
+serve: install
+	mlflow models serve -m models:/$(MODEL)/latest --env-manager local --host 127.0.0.1 --port $(PORT)
 
 # Re-pin every transitive dependency after changing pyproject.toml.
 lock: install

@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: test-split metrics and plots; logs and registers the final model."""
+"""DVC stage `evaluate`: test-split metrics and plots; the quality gate (evaluate.min_accuracy)."""
 
 from transferkit import stage
 
@@ -22,9 +22,8 @@ def main() -> None:
     from dataclasses import fields
     from pathlib import Path
 
-    from transferkit.evaluate import EvaluateOutputs, evaluate
+    from transferkit.evaluate import EvaluateOutputs, evaluate, quality_gate
     from transferkit.published import load_published
-    from transferkit.serving import model_signature, pip_requirements
 
     outputs = EvaluateOutputs(**{f.name: Path(getattr(args, f.name)) for f in fields(EvaluateOutputs)})
     params, tracking = stage.tracked("evaluate", args)
@@ -42,11 +41,8 @@ def main() -> None:
         run.log_artifact(outputs.metrics, parent=True)
         if args.report:
             run.log_artifact(args.report, parent=True)
-        uri = run.log_model(model, model_signature(info), pip_requirements(), params.tracking.registered_model,
-                            extra_files=[args.model_info])
-        if uri:
-            print(f"evaluate: model logged as {uri} and registered as '{params.tracking.registered_model}'",
-                  flush=True)
+        run.log_artifact(args.model_info, parent=True)
+        quality_gate(report, params.evaluate)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ def test_predict_prints_labels_and_skips_bad_files(tmp_path, capsys):
     results = json.loads(capsys.readouterr().out)
     assert [r["predictions"][0]["label"] for r in results] == ["square", "circle"]
 
+    assert main(args[:3] + args[4:] + ["--format", "json", "--runtime", "litert"]) == 0
+    assert [r["predictions"][0]["label"] for r in json.loads(capsys.readouterr().out)] == ["square", "circle"]
+
 
 def test_predict_without_a_model_is_one_clear_line(tmp_path, capsys):
     draw_example("square", 40, np.random.default_rng(1)).save(tmp_path / "x.png")

@@ -58,7 +58,7 @@ def closure(script: Path) -> set[str]:
 
 
 def script_of(stage: dict) -> str:
-    return re.match(r"python (stages/\w+\.py)", stage["cmd"]).group(1)
+    return re.match(r"sh stages/python (stages/\w+\.py)", stage["cmd"]).group(1)
 
 
 @pytest.mark.parametrize("name", list(PIPELINE))

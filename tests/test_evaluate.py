@@ -44,3 +44,13 @@ def test_an_empty_test_split_is_an_error(image_folder, tmp_path):
     model, info = load_published(*save_colour_model(tmp_path))
     with pytest.raises(TransferkitError, match="test split is empty"):
         evaluate(manifest, model, info, outputs_in(tmp_path / "out"), {}, EvaluateParams())
+
+
+def test_quality_gate_is_off_by_default_and_fails_below_min_accuracy():
+    from transferkit.evaluate import quality_gate
+
+    summary = {"accuracy": 0.75, "test_images": 40}
+    quality_gate(summary, EvaluateParams())
+    quality_gate(summary, EvaluateParams(min_accuracy=0.75))
+    with pytest.raises(TransferkitError, match=r"test accuracy 0\.7500 on 40 images is below 0\.8; nothing is exported"):
+        quality_gate(summary, EvaluateParams(min_accuracy=0.8))

@@ -20,7 +20,9 @@ def prepared(image_folder, tmp_path):
 
 
 def run_extract(prepared, tmp_path, backbone=BACKBONE, table="embeddings.npz", **extract_params):
-    return extract(prepared, tmp_path / "store", tmp_path / table, backbone, ExtractParams(**extract_params), seed=0)
+    """TensorFlow unless asked: converting the backbone to LiteRT costs seconds per store (one test covers it)."""
+    params = ExtractParams(**{"runtime": "tensorflow", **extract_params})
+    return extract(prepared, tmp_path / "store", tmp_path / table, backbone, params, seed=0)
 
 
 def test_extract_caches_and_reuses(prepared, tmp_path, image_folder, capsys):
@@ -69,6 +71,28 @@ def test_embeddings_match_a_direct_forward_pass(prepared, tmp_path):
     model = build_backbone(BACKBONE.name, BACKBONE.weights, BACKBONE.image_size)
     pixels = np.stack([load_rgb(p, 32) for p in manifest["path"]]).astype(np.float32)
     np.testing.assert_allclose(cached, model.predict(pixels, verbose=0), atol=1e-4)
+
+
+def test_litert_runtime_matches_tensorflow_and_is_a_cache_key_of_its_own(prepared, tmp_path, capsys):
+    tensorflow = run_extract(prepared, tmp_path, table="tf.npz", batch_size=5)
+    litert = run_extract(prepared, tmp_path, table="litert.npz", batch_size=5, runtime="litert")
+    assert litert["key"] != tensorflow["key"] and litert["computed"] == tensorflow["computed"] > 0
+    assert (tmp_path / "store" / litert["key"] / "backbone.tflite").exists()  # converted once, kept with its key
+    a, b = read_table(tmp_path / "tf.npz"), read_table(tmp_path / "litert.npz")
+    assert b.spec["runtime"] == "litert" and a.spec["runtime"] == "tensorflow"
+    np.testing.assert_allclose(b.embeddings, a.embeddings, atol=1e-4)
+    assert "converting the backbone to LiteRT" in capsys.readouterr().out
+    for shard in (tmp_path / "store" / litert["key"]).glob("shard-*.npz"):
+        shard.unlink()
+    again = run_extract(prepared, tmp_path, table="litert.npz", runtime="litert")
+    assert again["computed"] == litert["computed"] and "converting" not in capsys.readouterr().out
+
+
+def test_auto_runtime_is_litert_on_cpu_and_tensorflow_on_gpu():
+    from transferkit.runtimes import resolve
+
+    assert resolve("auto", gpu=False) == "litert" and resolve("auto", gpu=True) == "tensorflow"
+    assert resolve("tensorflow", gpu=False) == "tensorflow"
 
 
 def test_new_weights_or_size_never_reuse_stale_embeddings(prepared, tmp_path):

@@ -22,3 +22,12 @@ def test_top_k_orders_by_probability_and_breaks_ties_by_class_order():
     assert [[p["label"] for p in row] for row in ranked] == [["b", "c"], ["a", "c"]]
     assert ranked[0][0]["probability"] == 0.5
     assert len(top_k(probs, ["a", "b", "c"], 10)[0]) == 3 and len(top_k(probs, ["a", "b", "c"], 0)[0]) == 1
+
+
+def test_litert_runtime_gives_the_tensorflow_probabilities(image_folder, tmp_path):
+    model, info = load_published(*save_colour_model(tmp_path))
+    paths = sorted(str(p) for p in image_folder.rglob("*.png"))
+    tensorflow = predict_files(model, info, paths, batch_size=5)
+    litert = predict_files(model, info, paths, batch_size=5, runtime="litert")
+    assert litert.shape == tensorflow.shape and litert.dtype == np.float64
+    np.testing.assert_allclose(litert, tensorflow, atol=1e-5)

@@ -138,3 +138,21 @@ def test_after_dvc_ends_restored_stages_are_recorded_and_nothing_is_left_running
     parent = client.get_run(prepare.parent_id)
     assert parent.data.tags["transferkit.restored_stages"] == "evaluate,train_head"
     assert parent.info.status == "KILLED"
+
+
+def test_runs_show_their_dataset_and_source_and_the_experiment_opens_on_training_runs(in_tmp_cwd):
+    import pandas as pd
+
+    from transferkit.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    manifest = in_tmp_cwd / "manifest.parquet"
+    pd.DataFrame({"path": ["a.png", "b.png"], "label": ["x", "y"], "split": ["train", "test"]}).to_parquet(manifest)
+    (in_tmp_cwd / "dvc.lock").write_text("schema: '2.0'\n")
+    with StageRun("evaluate", PARAMS, LOCAL, manifest=manifest) as run:
+        pass
+    client = MlflowClient(tracking_uri(LOCAL))
+    assert client.get_experiment(run.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    parent = client.get_run(run.parent_id)
+    (dataset,) = [d.dataset for d in parent.inputs.dataset_inputs]
+    assert dataset.name == "prepared manifest" and dataset.digest and str(manifest) in dataset.source
+    assert len(parent.data.tags["dvc.lock.sha256"]) == 64 and parent.data.tags["mlflow.source.name"] == "dvc repro"

@@ -40,7 +40,7 @@ def evaluate(manifest_path: str | Path, model, info: ModelInfo, outputs: Evaluat
     if test.empty:
         raise TransferkitError("data.test_fraction: the test split is empty; nothing to evaluate")
     classes = info.classes
-    probs = predict_files(model, info, test["path"].tolist(), params.batch_size)
+    probs = predict_files(model, info, test["path"].tolist(), params.batch_size, params.runtime)
     y_true = test["label_index"].to_numpy()
     report = classification_report(probs, y_true, classes, params.calibration_bins)
 
@@ -57,3 +57,11 @@ def evaluate(manifest_path: str | Path, model, info: ModelInfo, outputs: Evaluat
     curves_png(histories, outputs.curves_png)
     write_json(outputs.metrics, report.summary)
     return report.summary
+
+
+def quality_gate(summary: dict, params: EvaluateParams) -> None:
+    """evaluate.min_accuracy: below it the stage fails, so nothing downstream is exported or registered."""
+    if params.min_accuracy is not None and summary["accuracy"] < params.min_accuracy:
+        raise TransferkitError(f"evaluate.min_accuracy: test accuracy {summary['accuracy']:.4f} on "
+                               f"{summary['test_images']} images is below {params.min_accuracy}; "
+                               f"nothing is exported or registered")

@@ -27,6 +27,14 @@ PIPELINE_TAG = "transferkit.pipeline"
 STAGE_TAG = "transferkit.stage"
 RESTORED_TAG = "transferkit.restored"
 PARENT_TAG = "mlflow.parentRunId"
+LOCK_TAG = "dvc.lock.sha256"  # the parent run's source: the dvc.lock its stages left
+
+
+def file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def launcher() -> psutil.Process | None:
@@ -102,6 +110,9 @@ def finish_execution(uri: str, experiment_id: str, parent_id: str, launcher: str
             client.set_terminated(child.info.run_id, status="KILLED")
     ran = {child.info.run_name for child in children}
     after = lock_entries(Path(lock))
+    final_lock = file_sha256(Path(lock))
+    if final_lock:  # absent in the temporary copies of `dvc exp run --temp` and the queue
+        client.set_tag(parent_id, LOCK_TAG, final_lock)
     restored = sorted(stage for stage, entry in after.items() if before.get(stage) != entry and stage not in ran)
     key = client.get_run(parent_id).data.tags.get(PIPELINE_TAG, "")
     for stage in restored:

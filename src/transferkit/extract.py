@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from transferkit import device
+from transferkit import device, runtimes
 from transferkit.backbones import build_backbone, weights_fingerprint
 from transferkit.config import BackboneParams, ExtractParams
 from transferkit.datasets import decoded_batches
 from transferkit.embeddings import write_table
+from transferkit.files import atomic_path
 from transferkit.images import RESIZE_SPEC
 from transferkit.manifest import load_manifest
 from transferkit.progress import Progress
@@ -39,6 +40,17 @@ def embedder(model):
                        input_signature=signature)
 
 
+def litert_embedder(model, folder: Path):
+    """The backbone through LiteRT (XNNPACK): converted once per store key (weights, size, ...) and kept there."""
+    path = folder / "backbone.tflite"
+    if not path.exists():
+        print("extract: converting the backbone to LiteRT (once per backbone, weights and image size)", flush=True)
+        content = runtimes.to_litert(model)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(content)
+    return runtimes.litert_runner(path)
+
+
 def extract(manifest_path: str | Path, store_root: str | Path, table_path: str | Path,
             backbone_params: BackboneParams, extract_params: ExtractParams, seed: int) -> dict:
     """Compute the embeddings the store lacks for the manifest's images; write the table."""
@@ -50,12 +62,14 @@ def extract(manifest_path: str | Path, store_root: str | Path, table_path: str |
     batch_size = device.inference_batch_size(plan, extract_params.batch_size)
     seed_everything(seed)  # weights "none" must give finetune the same backbone; deterministic ops
     model = build_backbone(backbone_params.name, backbone_params.weights, backbone_params.image_size)
+    runtime = runtimes.resolve(extract_params.runtime, plan.gpu)
     spec = {
         "backbone": backbone_params.name,
         "weights_sha256": weights_fingerprint(model),
         "image_size": backbone_params.image_size,
         "resize": RESIZE_SPEC,
         "dtype": plan.policy,
+        "runtime": runtime,
     }
     store, leftovers = EmbeddingStore.open(store_root, spec)
     for leftover in leftovers:
@@ -65,12 +79,12 @@ def extract(manifest_path: str | Path, store_root: str | Path, table_path: str |
     first_path = manifest.drop_duplicates("sha256").set_index("sha256")["path"]
     todo = sorted(set(first_path.index) - store.known_hashes())
     print(f"extract: {len(first_path)} distinct images, {len(first_path) - len(todo)} cached, "
-          f"{len(todo)} to compute with {backbone_params.name} on {plan.device} ({plan.policy}, "
+          f"{len(todo)} to compute with {backbone_params.name} on {plan.device} ({runtime}, {plan.policy}, "
           f"batch {batch_size})", flush=True)
 
     warmup, started = 0.0, time.perf_counter()
     if todo:
-        infer = embedder(model)
+        infer = embedder(model) if runtime == "tensorflow" else litert_embedder(model, store.folder)
         writer = ShardWriter(store, todo, extract_params.shard_size, int(model.output_shape[-1]))
         with tf.device(plan.device):
             # Trace the graph and let TF optimise it (about 2 s, once per run) before the clock
@@ -79,7 +93,7 @@ def extract(manifest_path: str | Path, store_root: str | Path, table_path: str |
             warmup, started = time.perf_counter() - started, time.perf_counter()
             progress = Progress(len(todo), "extract")
             for batch in decoded_batches(first_path[todo].tolist(), backbone_params.image_size, batch_size):
-                embeddings = infer(batch).numpy()
+                embeddings = np.asarray(infer(batch))
                 writer.add(embeddings)
                 progress.update(len(embeddings))
         writer.close()

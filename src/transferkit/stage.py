@@ -55,4 +55,6 @@ def tracked(stage: str, args):
     from transferkit.tracking import LocalStore, StageRun
 
     params = load_params(args.params)
-    return params, StageRun(stage, params, LocalStore(args.mlflow_db, args.mlflow_artifacts))
+    # The manifest a stage reads (prepare: writes) is the run's dataset in MLflow.
+    return params, StageRun(stage, params, LocalStore(args.mlflow_db, args.mlflow_artifacts),
+                            manifest=getattr(args, "manifest", None))

@@ -44,8 +44,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transferkit.executions import PARENT_TAG, PIPELINE_TAG, STAGE_TAG, launcher, lock_entries, pipeline_key, process_id
+from transferkit.executions import (LOCK_TAG, PARENT_TAG, PIPELINE_TAG, STAGE_TAG, file_sha256, launcher, lock_entries,
+                                   pipeline_key, process_id)
 from transferkit.servers import bound_retries, login_problem, server_problem, short_reason  # noqa: F401 (re-export)
+
+# MLflow 3's UI opens an experiment in its GenAI view unless it is marked as model training
+# (the UI also keeps a per-browser choice, set by the ?workflowType=machine_learning URL parameter).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def repo_root() -> Path:
@@ -108,10 +113,10 @@ class StageRun:
     parent logs them all.
     """
 
-    def __init__(self, stage: str, params, local: LocalStore):
+    def __init__(self, stage: str, params, local: LocalStore, manifest: str | Path | None = None):
         from transferkit.config import stage_params
 
-        self.stage, self.local = stage, local
+        self.stage, self.local, self.manifest = stage, local, manifest
         self.all_params, self.stage_params = params.model_dump(), stage_params(params, stage)
         self.experiment, self.required = params.tracking.experiment, params.tracking.required
         self.client = None
@@ -160,6 +165,8 @@ class StageRun:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         status = "FINISHED" if exc_type is None else "FAILED"
+        if exc_type is None and self.manifest and Path(self.manifest).exists():
+            self._send("the dataset", self._log_dataset, Path(self.manifest))
         self._send(f"the {self.stage} run's status", self.client.set_terminated, self.run_id, status=status)
         # Whichever stage ends last leaves the parent closed; a failure fails the execution.
         self._send("the pipeline run's status", self.client.set_terminated, self.parent_id, status=status)
@@ -198,13 +205,31 @@ class StageRun:
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         artifact_location = None
         if self.local_default_store:
             # Local store: artifacts in the folder dvc.yaml names, at the repo root, not in
             # whatever directory the first stage happened to run in.
             artifact_location = (self.local.artifact_root / self.experiment).as_uri()
-        return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
+        return self.client.create_experiment(self.experiment, artifact_location=artifact_location,
+                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+    def _log_dataset(self, manifest: Path) -> None:
+        """The prepared manifest as the runs' dataset input (name, digest of its content, source path)."""
+        import warnings
+
+        import pandas as pd
+        from mlflow.data import from_pandas
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # MLflow's own: an ambiguous local source type, a pandas 4 deprecation
+            warnings.simplefilter("ignore")
+            dataset = from_pandas(pd.read_parquet(manifest), source=str(manifest.resolve()), name="prepared manifest")
+        inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])]
+        for run_id in (self.run_id, self.parent_id):
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def _parent_run(self, experiment_id: str) -> str:
         key = pipeline_key()
@@ -222,6 +247,12 @@ class StageRun:
         commit = _git_commit(repo_root())
         if commit:
             tags["mlflow.source.git.commit"] = commit
+        # Source: the command, and the dvc.lock it started from (the watcher records the final one).
+        tags["mlflow.source.type"] = "LOCAL"
+        tags["mlflow.source.name"] = "dvc exp run" if os.environ.get("DVC_EXP_NAME") else "dvc repro"
+        lock = file_sha256(Path.cwd() / "dvc.lock")
+        if lock:
+            tags[LOCK_TAG] = lock
         if os.environ.get("DVC_EXP_BASELINE_REV"):
             tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
         parent = self.client.create_run(experiment_id, run_name=name, tags=tags)
@@ -277,21 +308,20 @@ class StageRun:
 
         return EpochLogger()
 
-    def log_model(self, model, signature, pip_requirements: list[str], registered_name: str,
-                  extra_files: list[str | Path]) -> str | None:
-        """Log the final Keras model on the parent run and register it; returns the model URI
+    def log_model(self, model_file: str | Path, artifacts: dict[str, str], code_paths: list[str | Path],
+                  signature, input_example, pip_requirements: list[str], registered_name: str) -> str | None:
+        """Log a models-from-code pyfunc on the parent run and register it; returns the model URI
         (None when the tracking server went away and tracking.required is false)."""
-        return self._send("the model", self._log_model, model, signature, pip_requirements, registered_name,
-                          extra_files)
+        return self._send("the model", self._log_model, model_file, artifacts, code_paths, signature, input_example,
+                          pip_requirements, registered_name)
 
-    def _log_model(self, model, signature, pip_requirements, registered_name, extra_files) -> str:
+    def _log_model(self, model_file, artifacts, code_paths, signature, input_example, pip_requirements,
+                   registered_name) -> str:
         import mlflow
 
         with mlflow.start_run(run_id=self.parent_id, experiment_id=self.experiment_id):
-            info = mlflow.keras.log_model(
-                model, name="model", signature=signature, pip_requirements=pip_requirements,
-                registered_model_name=registered_name)
-            for path in extra_files:
-                mlflow.log_artifact(str(path), artifact_path="model_extras")
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(model_file), artifacts=artifacts,
+                code_paths=[str(p) for p in code_paths], signature=signature, input_example=input_example,
+                pip_requirements=pip_requirements, registered_model_name=registered_name)
         return info.model_uri
-

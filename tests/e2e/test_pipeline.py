@@ -7,13 +7,16 @@ pipeline runs in a couple of minutes on 2 CPU cores.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -42,6 +45,20 @@ def sh(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
     return out
+
+
+def system_path() -> str:
+    """PATH as a fresh shell has it: without the venv running the tests (make puts it first)."""
+    return os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if p and Path(p).resolve() != BIN.resolve())
+
+
+def readme_line(start: str) -> str:
+    """The README's command line that starts with `start`, without its comment."""
+    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith(start):
+            return line.split("#", 1)[0].strip()
+    raise AssertionError(f"README.md has no line starting with {start!r}")
 
 
 def stages_run(output: str) -> list[str]:
@@ -76,6 +93,8 @@ def project(tmp_path_factory, env) -> Path:
     sh(["git", "init", "-q", "-b", "main"], root)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], root)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny project"], root)
+    # As `make` leaves a clone: its .venv (git ignores it), here the one running the tests.
+    (root / ".venv").symlink_to(BIN.parent, target_is_directory=True)
     return root
 
 
@@ -85,7 +104,7 @@ def first_run(project, env) -> subprocess.CompletedProcess:
 
 
 def test_full_pipeline_produces_model_metrics_and_plots(project, first_run, env):
-    assert stages_run(first_run.stdout) == ["prepare", "extract", "train_head", "finetune", "evaluate"]
+    assert stages_run(first_run.stdout) == ["prepare", "extract", "train_head", "finetune", "evaluate", "export"]
     assert "images/s" in first_run.stderr  # extract reports throughput
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics
@@ -110,7 +129,8 @@ def test_mlflow_has_parent_and_child_runs(project, first_run):
     assert len(parents) == 1
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.run_name for r in children) == sorted(["prepare", "extract", "train_head", "finetune", "evaluate"])
+    assert sorted(r.info.run_name for r in children) == sorted(
+        ["prepare", "extract", "train_head", "finetune", "evaluate", "export"])
     assert parent.info.status == "FINISHED"
     assert parent.data.params["head.learning_rate"] == "0.001"
     assert parent.data.params["backbone.image_size"] == "32"
@@ -141,6 +161,58 @@ def test_predict_on_new_images(project, first_run, env, tmp_path):
     as_json = json.loads(sh(["transferkit", "predict", str(tmp_path / "new square.png"), "--format", "json"],
                             project, env).stdout)
     assert len(as_json) == 1 and 0.0 <= as_json[0]["predictions"][0]["probability"] <= 1.0
+
+
+def post_json(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_served_model_takes_image_files_and_answers_like_predict(project, first_run, env, tmp_path):
+    """The README's serve line, in a fresh shell: the registered model answers a real PNG and a real JPEG
+    (base64) with the label `transferkit predict` gives; a bad payload is a one-line 400."""
+    from PIL import Image
+
+    png = sorted((project / "data" / "tiny" / "square").glob("square_*.png"))[0]
+    jpeg = tmp_path / "circle.jpg"
+    Image.open(sorted((project / "data" / "tiny" / "circle").glob("circle_*.png"))[0]).convert("RGB").save(jpeg, quality=95)
+    predicted = json.loads(sh(["transferkit", "predict", str(png), str(jpeg), "--format", "json"], project, env).stdout)
+    expected = [p["predictions"][0]["label"] for p in predicted]
+
+    port = free_port()
+    line = readme_line('PATH="$PWD/.venv/bin:$PATH" .venv/bin/mlflow models serve').replace("--port 5001", f"--port {port}")
+    assert f"--port {port}" in line
+    server = subprocess.Popen(["sh", "-c", line], cwd=project, env={**env, "PATH": system_path()},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.time() < deadline, "the model server did not start"
+                time.sleep(1)
+        images = [base64.b64encode(path.read_bytes()).decode() for path in (png, jpeg)]
+        status, body = post_json(f"{url}/invocations", {"dataframe_records": [{"image": i} for i in images]})
+        assert status == 200, body
+        assert [row["label"] for row in body["predictions"]] == expected
+        assert set(body["predictions"][0]["probabilities"]) == {"circle", "square", "triangle", UNICODE_CLASS}
+        for payload, message in (({"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]},
+                                  "image 0: not an image"),
+                                 ({"dataframe_records": [{"picture": images[0]}]}, "no column 'image'")):
+            status, body = post_json(f"{url}/invocations", payload)
+            assert status == 400 and message in body["message"] and "\n" not in body["message"], body
+            assert "stack_trace" not in body
+    finally:
+        os.killpg(server.pid, 15)  # the server and its uvicorn workers
+        server.wait(timeout=30)
 
 
 def test_same_inputs_same_model(project, first_run, env):
@@ -182,24 +254,26 @@ def mlflow_server(tmp_path_factory, env):
     proc.wait(timeout=30)
 
 
-def test_experiment_reruns_only_head_finetune_evaluate(project, first_run, env, mlflow_server):
+def test_readme_experiment_line_works_in_a_fresh_shell(project, first_run, env, mlflow_server):
+    """The README's `dvc exp run` line, exactly as printed, with the system PATH (no venv on it, none
+    activated): only the stages after the head re-run, into the team tracking server."""
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run"], project)
-    server_env = {**env, "MLFLOW_TRACKING_URI": mlflow_server}
-    out = sh(["dvc", "exp", "run", "-n", "lr-3e-3", "-S", "head.learning_rate=0.003"], project, server_env)
-    assert stages_run(out.stdout) == ["train_head", "finetune", "evaluate"]
-    shown = sh(["dvc", "exp", "show", "--json"], project, env).stdout
-    assert "lr-3e-3" in shown
+    line = readme_line(".venv/bin/dvc exp run -S head.learning_rate=0.003")
+    fresh_shell = {**env, "PATH": system_path(), "MLFLOW_TRACKING_URI": mlflow_server}
+    out = sh(shlex.split(line), project, fresh_shell)
+    assert stages_run(out.stdout) == ["train_head", "finetune", "evaluate", "export"]
+    assert "Traceback" not in out.stdout + out.stderr
 
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("transferkit")
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("transferkit.stage") == "pipeline")
-    assert parent.info.run_name == "lr-3e-3"
+    assert parent.info.run_name in sh(["dvc", "exp", "show", "--json"], project, env).stdout  # named after the exp
     assert parent.data.params["head.learning_rate"] == "0.003"
     assert "test_accuracy" in parent.data.metrics
     children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
-    assert children == ["evaluate", "finetune", "train_head"]
+    assert children == ["evaluate", "export", "finetune", "train_head"]
 
 
 def test_broken_symlink_in_the_data_folder_is_named_by_dvc(project, first_run, env):
@@ -223,7 +297,7 @@ def test_coming_back_to_a_backbone_restores_the_later_stages_from_the_run_cache(
     table = (project / "data" / "embeddings.npz").read_bytes()
     back = sh(["dvc", "exp", "run", "-n", "backbone-a-again", "-S", "backbone.weights=imagenet"], project, env)
     assert stages_run(back.stdout) == ["extract"]
-    for name in ("train_head", "finetune", "evaluate"):
+    for name in ("train_head", "finetune", "evaluate", "export"):
         assert f"Stage '{name}' is cached - skipping run, checking out outputs" in back.stdout, back.stdout
     assert (project / "data" / "embeddings.npz").read_bytes() != table  # A's table again, not B's
 
@@ -235,9 +309,9 @@ def test_coming_back_to_a_backbone_restores_the_later_stages_from_the_run_cache(
         if "transferkit.restored_stages" in parent.data.tags or time.time() > deadline:
             break
         time.sleep(1)
-    assert parent.data.tags.get("transferkit.restored_stages") == "evaluate,finetune,train_head"
+    assert parent.data.tags.get("transferkit.restored_stages") == "evaluate,export,finetune,train_head"
     assert parent.info.status == "FINISHED"
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted((r.info.run_name, r.data.tags.get("transferkit.restored")) for r in children) == [
-        ("evaluate", "true"), ("extract", None), ("finetune", "true"), ("train_head", "true")]
+        ("evaluate", "true"), ("export", "true"), ("extract", None), ("finetune", "true"), ("train_head", "true")]
     assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
