@@ -15,10 +15,23 @@ from transferkit.datasets import image_dataset
 from transferkit.published import ModelInfo
 
 
-def predict_files(model, info: ModelInfo, paths: Sequence[str], batch_size: int) -> np.ndarray:
-    """(N, n_classes) float64 probabilities, row i for paths[i]."""
+def predict_files(model, info: ModelInfo, paths: Sequence[str], batch_size: int, tta: bool = False) -> np.ndarray:
+    """(N, n_classes) float64 probabilities, row i for paths[i].
+
+    tta: the mean of the predictions for each image and its left-right mirror
+    image (test-time augmentation; only for data whose labels a flip keeps)."""
+    return predict_views(model, info, paths, batch_size, tta)[-1]
+
+
+def predict_views(model, info: ModelInfo, paths: Sequence[str], batch_size: int,
+                  tta: bool) -> tuple[np.ndarray, ...]:
+    """(plain,) or, with tta, (plain, flipped, their mean): each (N, n_classes) float64."""
     dataset = image_dataset([str(p) for p in paths], info.image_size, batch_size).map(lambda x: tf.cast(x, tf.float32))
-    return model.predict(dataset, verbose=0).astype(np.float64)
+    plain = model.predict(dataset, verbose=0).astype(np.float64)
+    if not tta:
+        return (plain,)
+    flipped = model.predict(dataset.map(lambda x: tf.reverse(x, axis=[2])), verbose=0).astype(np.float64)
+    return plain, flipped, (plain + flipped) / 2
 
 
 def top_k(probabilities: np.ndarray, classes: list[str], k: int) -> list[list[dict]]:
