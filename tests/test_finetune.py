@@ -99,11 +99,19 @@ def test_head_strategy_publishes_backbone_plus_head(trained_head):
     published_matches_backbone_plus_head(root, "plain")
 
 
-def test_a_finetune_that_hurts_on_val_publishes_the_head(trained_head):
-    """Do no harm: a rate that wrecks the network loses to "epoch 0", the head on the frozen backbone."""
+def test_a_finetune_that_hurts_on_val_publishes_the_head(trained_head, monkeypatch):
+    """Do no harm: fine-tuned epochs that are worse on val lose to "epoch 0", the head on the frozen backbone."""
+    import transferkit.finetune as module
+
+    def harmful_training(model, backbone, recipe, train, val, n_classes, image_size, batch_size, seed, ckpt, tracker):
+        for variable in model.trainable_variables:  # wreck every trained weight, as a bad rate would
+            variable.assign(np.random.default_rng(0).normal(size=variable.shape).astype(np.float32) * 10)
+        ckpt.state.update(best_epoch=0, history=[{"epoch": 0, "loss": 9.0, "accuracy": 0.0, "val_loss": 9.0,
+                                                  "val_accuracy": 0.0}])
+
+    monkeypatch.setattr(module, "_train", harmful_training)
     root = trained_head
-    result = run_finetune(root, "wrecked", FinetuneParams(strategy="top", blocks=1, epochs=1, learning_rate=1.0,
-                                                          warmup=0.0, flip=False, patience=5))
+    result = run_finetune(root, "wrecked", FinetuneParams(strategy="full", epochs=1, flip=False))
     assert result["published"] == "head" and "no fine-tuned epoch beats the head" in result["published_why"]
     assert result["val_accuracy"] == result["head_val_accuracy"]
     published_matches_backbone_plus_head(root, "wrecked")
