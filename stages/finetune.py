@@ -1,4 +1,4 @@
-"""DVC stage `finetune`: unfreeze the top of the backbone and train at a low learning rate."""
+"""DVC stage `finetune`: fine-tune whole backbone blocks by a recipe chosen from the data; publish the best on val."""
 
 from transferkit import stage
 
@@ -23,7 +23,13 @@ def main() -> None:
         result = finetune(args.manifest, args.embeddings, args.head, args.model, args.model_info, args.history,
                           args.checkpoints, params.backbone, params.finetune, params.data.seed, tracker=run)
         write_json(args.metrics, result)
-        run.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None})
+        recipe = result["recipe"]
+        # What the recipe resolved to (auto fills the knobs left null), and why: beside finetune.* as set.
+        run.log_params({f"recipe.{k}": v for k, v in recipe.items() if k != "reasons"})
+        run.log_params({"recipe.reasons": " | ".join(recipe["reasons"])[:6000], "published": result["published"],
+                        "published_why": result["published_why"][:6000]})
+        run.log_metrics({k: v for k, v in result.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None})
 
 
 if __name__ == "__main__":

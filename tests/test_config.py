@@ -31,7 +31,9 @@ def test_defaults_are_used_for_missing_sections():
     ({"head": {"epochs": "many"}}, "head.epochs: Input should be a valid integer"),
     ({"data": {"test_fraction": 1.5}}, "data.test_fraction: Input should be less than 1"),
     ({"backbone": {"name": "resnet9000"}}, "backbone.name: Input should be 'efficientnet_lite0'"),
-    ({"finetune": {"enabled": "maybe"}}, "finetune.enabled: Input should be a valid boolean"),
+    ({"finetune": {"flip": "maybe"}}, "finetune.flip: Input should be a valid boolean"),
+    ({"finetune": {"strategy": "deep"}}, "finetune.strategy: Input should be 'auto', 'head', 'top', 'full' or 'gradual'"),
+    ({"finetune": {"unfreeze": 20}}, "finetune.unfreeze: unknown key; allowed here: strategy, blocks"),
     ({"backbone": {"weights": "imagenett"}}, "backbone.weights: Value error, must be 'imagenet', 'none' or a path"),
     ({"backbone": {"weights": "missing/lite0.weights.h5"}}, "backbone.weights: Value error, weights file not found"),
     ({"backbone": {"image_size": 16}}, "backbone.image_size: Input should be greater than or equal to 32"),
@@ -56,6 +58,13 @@ def test_params_are_frozen():
 def test_yaml_scientific_notation_string_is_accepted():
     # PyYAML reads `1e-4` (no dot) as a string; it must still mean 0.0001.
     assert parse_params({"finetune": {"learning_rate": "1e-4"}}).finetune.learning_rate == 1e-4
+
+
+def test_recipe_knobs_default_to_null_so_the_recipe_fills_them():
+    finetune = parse_params({}).finetune
+    assert finetune.strategy == "auto"
+    assert all(getattr(finetune, k) is None for k in ("blocks", "epochs", "learning_rate", "layer_decay", "warmup",
+                                                      "weight_decay", "label_smoothing", "clip_norm", "flip"))
 
 
 def test_missing_and_invalid_files(tmp_path):

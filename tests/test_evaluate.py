@@ -54,3 +54,25 @@ def test_quality_gate_is_off_by_default_and_fails_below_min_accuracy():
     quality_gate(summary, EvaluateParams(min_accuracy=0.75))
     with pytest.raises(TransferkitError, match=r"test accuracy 0\.7500 on 40 images is below 0\.8; nothing is exported"):
         quality_gate(summary, EvaluateParams(min_accuracy=0.8))
+
+
+def test_head_only_model_and_tta_are_scored_beside_the_published_model(image_folder, tmp_path):
+    import keras
+    import numpy as np
+
+    from transferkit.embeddings import write_table
+
+    manifest = prepare_into(image_folder, tmp_path / "prepared", val_fraction=0.25, test_fraction=0.25)
+    frame = pd.read_parquet(manifest)
+    # Embeddings that say the class outright, and a head that reads them: the head-only model is always right.
+    write_table(tmp_path / "embeddings.npz", frame["sha256"].tolist(),
+                np.eye(3, dtype=np.float32)[frame["label_index"].to_numpy()], {"key": "k"})
+    inputs = keras.Input((3,))
+    head = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="out")(inputs))
+    head.get_layer("out").set_weights([np.eye(3, dtype=np.float32) * 20, np.zeros(3, np.float32)])
+    head.save(tmp_path / "head.keras")
+    model, info = load_published(*save_colour_model(tmp_path))
+    report = evaluate(manifest, model, info, outputs_in(tmp_path / "out"), {}, EvaluateParams(batch_size=4, tta=True),
+                      head_path=tmp_path / "head.keras", embeddings_path=tmp_path / "embeddings.npz")
+    assert report["tta"] is True and report["accuracy"] == report["accuracy_without_tta"] == 1.0  # colour: flip-proof
+    assert report["head_only_accuracy"] == 1.0 and report["finetune_gain"] == 0.0

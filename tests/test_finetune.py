@@ -10,7 +10,7 @@ import pytest
 from transferkit.backbones import build_backbone
 from transferkit.config import BackboneParams, ExtractParams, FinetuneParams, HeadParams
 from transferkit.extract import extract
-from transferkit.finetune import finetune, unfreeze_top
+from transferkit.finetune import finetune
 from transferkit.images import load_rgb
 from transferkit.train_head import train_head
 
@@ -26,7 +26,7 @@ def trained_head(tmp_path_factory):
     images = make_image_folder(root / "images", per_class=6)
     manifest = prepare_into(images, root / "prepared", val_fraction=0.2, test_fraction=0.2)
     extract(manifest, root / "store", root / "embeddings.npz", BACKBONE, ExtractParams(batch_size=8), seed=SEED)
-    train_head(manifest, root / "embeddings.npz", root / "head.keras", root / "head.csv", HeadParams(epochs=10),
+    train_head(manifest, root / "embeddings.npz", root / "head.keras", root / "head.csv", HeadParams(epochs=100, patience=100, learning_rate=0.01),
                seed=SEED)
     return root
 
@@ -37,46 +37,84 @@ def run_finetune(root, name, params, tracker=None, head="head.keras"):
                     BACKBONE, params, SEED, tracker=tracker)
 
 
-def test_unfreeze_top_keeps_batchnorm_frozen():
-    backbone = build_backbone("efficientnet_lite0", "none", 32)
-    unfreeze_top(backbone, 30)
-    top, rest = backbone.layers[-30:], backbone.layers[:-30]
-    assert not any(layer.trainable for layer in rest)
-    assert all(not layer.trainable for layer in top if isinstance(layer, keras.layers.BatchNormalization))
-    assert any(layer.trainable and layer.weights for layer in top)
+class Recorder:
+    """Stands in for the MLflow tracker: its callback snapshots the backbone's weights after every epoch."""
+
+    def __init__(self):
+        self.epochs: list[dict[str, list]] = []
+
+    def keras_callback(self):
+        recorder = self
+
+        class _Snapshot(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                backbone = self.model.get_layer("classifier").get_layer("efficientnet_lite0")
+                recorder.epochs.append({layer.name: [w.copy() for w in layer.get_weights()]
+                                        for layer in backbone.layers if layer.weights})
+
+        return _Snapshot()
 
 
-def test_finetune_changes_only_unfrozen_weights(trained_head):
-    root = trained_head
-    result = run_finetune(root, "model", FinetuneParams(epochs=2, unfreeze=12, learning_rate=1e-3, patience=5))
-    assert result["epochs_run"] == 2 and result["trainable_backbone_layers"] > 0
-    model = keras.saving.load_model(root / "model.keras", safe_mode=True)
-    tuned = model.get_layer("efficientnet_lite0")
-    fresh = build_backbone("efficientnet_lite0", "imagenet", 32)
-    cutoff = len(fresh.layers) - 12
-    changed = []
-    for index, (a, b) in enumerate(zip(fresh.layers, tuned.layers)):
-        same = all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
-        if index < cutoff or isinstance(a, keras.layers.BatchNormalization):
-            assert same, f"{a.name} must stay frozen (BatchNorm statistics included)"
-        elif a.weights:
-            changed.append(not same)
-    assert changed and all(changed)
-    meta = json.loads((root / "model.json").read_text())
+def changed_layers(before: dict, after: dict) -> set[str]:
+    return {name for name in before if not all(np.array_equal(a, b) for a, b in zip(before[name], after[name]))}
+
+
+def block_of(name: str) -> str:
+    return name.split("_")[0]
+
+
+def test_gradual_unfreezes_whole_blocks_from_the_top_and_never_moves_batchnorm(trained_head):
+    """BatchNorm stays frozen in inference mode: not one moving mean or variance changes in any epoch."""
+    root, recorder = trained_head, Recorder()
+    fresh = {layer.name: layer.get_weights() for layer in build_backbone("efficientnet_lite0", "imagenet", 32).layers
+             if layer.weights}
+    result = run_finetune(root, "gradual", FinetuneParams(strategy="gradual", blocks=2, epochs=2, learning_rate=1e-3,
+                                                          flip=False, patience=5), tracker=recorder)
+    assert result["strategy"] == "gradual" and result["epochs_run"] == 2
+    bn = {name for name in fresh if name.endswith("_bn")}
+    first, second = changed_layers(fresh, recorder.epochs[0]), changed_layers(fresh, recorder.epochs[1])
+    assert not (first | second) & bn, "a BatchNorm weight or moving statistic changed"
+    assert {block_of(n) for n in first} == {"top"}  # epoch 0: the top block only
+    assert {block_of(n) for n in second} == {"top", "block7a"}  # epoch 1: one more block, whole
+    assert second == {n for n in fresh if block_of(n) in ("top", "block7a")} - bn
+    meta = json.loads((root / "gradual.json").read_text())
     assert meta["classes"] == ["circle", "square", "triangle"] and meta["image_size"] == 32
-    assert not (root / "ckpt-model").exists()  # cleared once the model is published
+    assert not (root / "ckpt-gradual").exists()  # cleared once the model is published
 
 
-def test_disabled_finetune_publishes_backbone_plus_head(trained_head):
-    root = trained_head
-    run_finetune(root, "plain", FinetuneParams(enabled=False))
-    model = keras.saving.load_model(root / "plain.keras", safe_mode=True)
+def published_matches_backbone_plus_head(root, name):
+    model = keras.saving.load_model(root / f"{name}.keras", safe_mode=True)
     head = keras.saving.load_model(root / "head.keras", safe_mode=True)
     backbone = build_backbone("efficientnet_lite0", "imagenet", 32)
-    path = pd.read_parquet(root / "prepared" / "manifest.parquet")["path"].iloc[0]
-    pixels = load_rgb(path, 32)[None].astype(np.float32)
-    np.testing.assert_allclose(model.predict(pixels, verbose=0), head.predict(backbone.predict(pixels, verbose=0), verbose=0),
-                               atol=1e-5)
+    paths = pd.read_parquet(root / "prepared" / "manifest.parquet")["path"].iloc[:4]
+    pixels = np.stack([load_rgb(p, 32) for p in paths]).astype(np.float32)
+    np.testing.assert_allclose(model.predict(pixels, verbose=0),
+                               head.predict(backbone.predict(pixels, verbose=0), verbose=0), atol=1e-5)
+
+
+def test_head_strategy_publishes_backbone_plus_head(trained_head):
+    root = trained_head
+    result = run_finetune(root, "plain", FinetuneParams(strategy="head"))
+    assert (result["published"], result["epochs_run"]) == ("head", 0)
+    published_matches_backbone_plus_head(root, "plain")
+
+
+def test_a_finetune_that_hurts_on_val_publishes_the_head(trained_head, monkeypatch):
+    """Do no harm: fine-tuned epochs that are worse on val lose to "epoch 0", the head on the frozen backbone."""
+    import transferkit.finetune as module
+
+    def harmful_training(model, backbone, recipe, train, val, n_classes, image_size, batch_size, seed, ckpt, tracker):
+        for variable in model.trainable_variables:  # wreck every trained weight, as a bad rate would
+            variable.assign(np.random.default_rng(0).normal(size=variable.shape).astype(np.float32) * 10)
+        ckpt.state.update(best_epoch=0, history=[{"epoch": 0, "loss": 9.0, "accuracy": 0.0, "val_loss": 9.0,
+                                                  "val_accuracy": 0.0}])
+
+    monkeypatch.setattr(module, "_train", harmful_training)
+    root = trained_head
+    result = run_finetune(root, "wrecked", FinetuneParams(strategy="full", epochs=1, flip=False))
+    assert result["published"] == "head" and "no fine-tuned epoch beats the head" in result["published_why"]
+    assert result["val_accuracy"] == result["head_val_accuracy"]
+    published_matches_backbone_plus_head(root, "wrecked")
 
 
 class StopAfterFirstEpoch:
@@ -92,7 +130,7 @@ class StopAfterFirstEpoch:
 
 def test_interrupted_finetune_resumes_from_last_epoch(trained_head, capsys):
     root = trained_head
-    params = FinetuneParams(epochs=3, unfreeze=12, patience=5)
+    params = FinetuneParams(strategy="top", blocks=2, epochs=3, patience=5, flip=False)
     with pytest.raises(KeyboardInterrupt):
         run_finetune(root, "resumed", params, tracker=StopAfterFirstEpoch())
     state = json.loads((root / "ckpt-resumed" / "state.json").read_text())
@@ -115,5 +153,6 @@ def test_nan_loss_stops_finetune_and_publishes_nothing(trained_head):
     output.set_weights([np.full_like(kernel, 3e38), bias])  # logits overflow: inf - inf = NaN
     head.save(root / "head-broken.keras")
     with pytest.raises(TransferkitError, match=r"finetune: loss became nan.*Lower finetune.learning_rate"):
-        run_finetune(root, "broken", FinetuneParams(epochs=2), head="head-broken.keras")
+        run_finetune(root, "broken", FinetuneParams(strategy="top", blocks=1, epochs=2, flip=False),
+                     head="head-broken.keras")
     assert not (root / "broken.keras").exists() and not (root / "broken.json").exists()

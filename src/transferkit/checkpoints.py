@@ -31,6 +31,7 @@ class Checkpointer:
     """
 
     def __init__(self, folder: Path, fingerprint: str, monitor: str, patience: int):
+        """monitor: "val" ranks epochs by val accuracy, then lower val loss; "loss" by training loss."""
         self.folder, self.fingerprint, self.monitor, self.patience = Path(folder), fingerprint, monitor, patience
         self.state = {"fingerprint": fingerprint, "epoch": -1, "best": None, "best_epoch": None,
                       "wait": 0, "stopped": False, "history": []}
@@ -42,16 +43,30 @@ class Checkpointer:
     def weights_path(self, epoch: int) -> Path:
         return self.folder / f"epoch-{epoch}.weights.h5"
 
-    def resume(self, model) -> int:
-        """Load a matching checkpoint into `model`; returns the first epoch still to run."""
+    def rank(self, logs: dict) -> list[float]:
+        """Larger is better: [val accuracy, -val loss], or [-loss] without a val split."""
+        if self.monitor == "val":
+            return [float(logs["val_accuracy"]), -float(logs["val_loss"])]
+        return [-float(logs["loss"])]
+
+    def last_epoch(self) -> int:
+        """The last completed epoch of a matching checkpoint, or -1 (a checkpoint of other inputs is deleted)."""
         if not self.state_path.exists():
-            return 0
+            return -1
         state = read_json(self.state_path)
         if state.get("fingerprint") != self.fingerprint:
             print("finetune: checkpoint is from different inputs; starting over", flush=True)
             self.clear()
+            return -1
+        return int(state["epoch"])
+
+    def resume(self, model) -> int:
+        """Load a matching checkpoint into `model` (compiled as it was when the checkpoint was written);
+        returns the first epoch still to run."""
+        if self.last_epoch() < 0:
             return 0
-        model.optimizer.build(model.trainable_variables)  # so the saved optimizer state has a place to go
+        state = read_json(self.state_path)
+        _build_optimizer(model)
         model.load_weights(self.weights_path(state["epoch"]))
         self.state = state
         print(f"finetune: resuming after epoch {state['epoch']} from {self.folder}", flush=True)
@@ -71,8 +86,8 @@ class Checkpointer:
     def on_epoch_end(self, model, epoch: int, logs: dict) -> None:
         state = self.state
         state["history"].append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
-        value = float(logs[self.monitor])
-        if state["best"] is None or value < state["best"]:
+        value = self.rank(logs)
+        if state["best"] is None or value > state["best"]:
             state.update(best=value, best_epoch=epoch, wait=0)
         else:
             state["wait"] += 1
@@ -90,8 +105,16 @@ class Checkpointer:
                 old.unlink()
 
     def restore_best(self, model) -> None:
+        """Load the best epoch's weights; `model` must be compiled as it was in that epoch."""
         if self.state["best_epoch"] is not None:
+            _build_optimizer(model)
             model.load_weights(self.weights_path(self.state["best_epoch"]))
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _build_optimizer(model) -> None:
+    """So the saved optimizer state has a place to go."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)

@@ -93,20 +93,31 @@ class HeadParams(Section):
     hidden_units: int = Field(0, ge=0, description="0 = a linear classifier on the embeddings")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(400, ge=1, description="a cap; early stopping on val decides when it has converged")
     batch_size: int = Field(32, ge=1)
-    patience: int = Field(8, ge=1, description="epochs without val_loss improvement before stopping")
+    patience: int = Field(20, ge=1, description="epochs without val_loss improvement before stopping")
     class_weights: Literal["balanced", "none"] = "balanced"
 
 
+Strategy = Literal["auto", "head", "top", "full", "gradual"]
+
+
 class FinetuneParams(Section):
-    enabled: bool = True
-    unfreeze: int = Field(20, ge=0, description="top backbone layers made trainable (BatchNorm stays frozen)")
-    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
-    epochs: int = Field(3, ge=1)
+    """Knobs left null are filled by the recipe for the case the data falls in (recipe.py, README)."""
+    strategy: Strategy = Field("auto", description="auto | head | top | full | gradual")
+    blocks: int | None = Field(None, ge=1, description="top/gradual: whole backbone blocks made trainable")
+    epochs: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0.0, le=1.0, description="peak rate of the top block and head")
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="rate multiplier per block further down")
+    warmup: float | None = Field(None, ge=0.0, lt=1.0, description="fraction of the steps spent warming up")
+    weight_decay: float | None = Field(None, ge=0.0, le=1.0, description="AdamW decoupled weight decay")
+    label_smoothing: float | None = Field(None, ge=0.0, lt=1.0)
+    clip_norm: float | None = Field(None, gt=0.0, description="global gradient-norm clip")
+    flip: bool | None = Field(None, description="random left-right flip; null: kept only if it does not hurt on val")
+    translate: float | None = Field(None, ge=0.0, lt=1.0, description="random shift, fraction of the side")
+    zoom: float | None = Field(None, ge=0.0, lt=1.0, description="random zoom, fraction of the side")
     batch_size: int = Field(32, ge=1)
-    patience: int = Field(2, ge=1)
-    augment: bool = True
+    patience: int = Field(3, ge=1, description="epochs without val improvement before stopping")
 
 
 class EvaluateParams(Section):
@@ -114,6 +125,7 @@ class EvaluateParams(Section):
         "tensorflow", description="what runs the published model on the test images")
     batch_size: int = Field(64, ge=1)
     calibration_bins: int = Field(10, ge=2, le=100)
+    tta: bool = Field(False, description="test-time augmentation: average over the image and its left-right flip")
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0,
                                        description="quality gate: a lower test accuracy fails evaluate (null: off)")
 

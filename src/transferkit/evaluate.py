@@ -1,8 +1,15 @@
-"""The `evaluate` stage: the published model on the test split.
+"""The `evaluate` stage: the published model on the test split, beside the head-only model.
 
 It runs the exact files `predict` would load on the raw test images, so the
 score covers the whole path from pixels to probabilities, preprocessing
-included.
+included. With `evaluate.tta` the published model's prediction is the mean
+over each image and its mirror image.
+
+Beside it, the head-only model (the frozen backbone + the trained head, what
+feature extraction alone gives) is scored on the same test images: the head
+on their embeddings, which is that model's output without running the
+backbone again. `finetune_gain` = what fine-tuning bought on test (without
+TTA on either side, so it is fine-tuning's own gain).
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from transferkit.config import EvaluateParams
 from transferkit.errors import TransferkitError
 from transferkit.files import atomic_path, write_json
-from transferkit.inference import predict_files
+from transferkit.embeddings import read_table
+from transferkit.inference import predict_views
 from transferkit.manifest import load_manifest, split_of
 from transferkit.metrics import classification_report
 from transferkit.plots import calibration_png, confusion_png, curves_png
@@ -33,16 +42,36 @@ class EvaluateOutputs:
     curves_png: Path
 
 
+def head_only_probs(head_path: str | Path, embeddings_path: str | Path, hashes: list[str]) -> np.ndarray:
+    """The frozen backbone + head on these images: the head on their embeddings."""
+    import keras
+
+    head = keras.saving.load_model(head_path, safe_mode=True)
+    return head.predict(read_table(embeddings_path).rows(hashes), verbose=0).astype(np.float64)
+
+
 def evaluate(manifest_path: str | Path, model, info: ModelInfo, outputs: EvaluateOutputs,
-             histories: dict[str, str], params: EvaluateParams) -> dict:
-    """Score `model` (from published.load_published) on the test split; write metrics and plots."""
+             histories: dict[str, str], params: EvaluateParams, head_path: str | Path | None = None,
+             embeddings_path: str | Path | None = None) -> dict:
+    """Score `model` (from published.load_published) on the test split, and the head-only model when
+    `head_path` and `embeddings_path` are given; write metrics and plots."""
     test = split_of(load_manifest(manifest_path), "test")
     if test.empty:
         raise TransferkitError("data.test_fraction: the test split is empty; nothing to evaluate")
     classes = info.classes
-    probs = predict_files(model, info, test["path"].tolist(), params.batch_size, params.runtime)
+    views = predict_views(model, info, test["path"].tolist(), params.batch_size, params.tta, params.runtime)
+    probs = views[-1]
     y_true = test["label_index"].to_numpy()
     report = classification_report(probs, y_true, classes, params.calibration_bins)
+    report.summary["tta"] = params.tta
+    plain_accuracy = float((views[0].argmax(axis=1) == y_true).mean())
+    if params.tta:
+        report.summary["accuracy_without_tta"] = plain_accuracy
+    if head_path is not None and embeddings_path is not None:
+        head = classification_report(head_only_probs(head_path, embeddings_path, test["sha256"].tolist()),
+                                     y_true, classes, params.calibration_bins).summary
+        report.summary.update(head_only_accuracy=head["accuracy"], head_only_macro_f1=head["macro_f1"],
+                              finetune_gain=plain_accuracy - head["accuracy"])
 
     y_pred = probs.argmax(axis=1)
     actual, predicted = [classes[i] for i in y_true], [classes[i] for i in y_pred]

@@ -1,66 +1,79 @@
-"""The `finetune` stage: backbone + trained head, top of the backbone unfrozen.
+"""The `finetune` stage: backbone + trained head, whole blocks unfrozen, and only if it pays on val.
 
-The second phase of the Keras transfer-learning recipe, done correctly:
-- the head arrives trained (train_head), so large gradients from a random
-  head never reach the pretrained weights;
-- only the top `finetune.unfreeze` backbone layers become trainable, and
-  BatchNormalization layers stay frozen: in Keras 3 a non-trainable BN layer
-  runs in inference mode (moving statistics) even inside fit(), which is what
-  keeps a small dataset from wrecking the pretrained statistics;
-- the model is compiled after `trainable` changes (otherwise they are ignored);
-- low learning rate, augmentation (random flip/translate/zoom, active only in
-  training), early stopping on val_loss with the best weights kept.
-
-Every epoch writes a checkpoint (weights, optimizer state, early-stopping
-state) under the checkpoint folder; a rerun with the same inputs resumes after
-the last completed epoch (even after a SIGKILL). A resumed run continues the
-same training, but is not bit-identical to an uninterrupted one: tf.data's
-shuffle order restarts its per-epoch sequence in the new process. `finetune.enabled: false` skips training and writes
-the head model on top of the frozen backbone.
-
-What is published, and how, is published.py's job; checkpoints.py keeps
-the per-epoch state.
+1. Facts: labelled images per class, the head's val accuracy on the frozen
+   features (the val embeddings through the head: milliseconds), and, when
+   the flip is left to the data, the head's val accuracy on flipped val images.
+2. The recipe (recipe.py) for those facts: strategy (head, top, full,
+   gradual), trainable blocks (blocks.py: whole blocks, BatchNorm frozen and
+   in inference mode), epochs, AdamW with warmup + cosine decay and a lower
+   rate per block further down (optimizers.py), label smoothing, gradient
+   clipping, augmentation. Printed with its reasons and returned, so the
+   stage writes it to its metrics and MLflow.
+3. Training, compiled after `trainable` changes (otherwise they are ignored);
+   every epoch writes a checkpoint (checkpoints.py) a rerun resumes from. A
+   resumed run continues the same training but is not bit-identical: tf.data's
+   shuffle order restarts in the new process.
+4. Do no harm: the head on the frozen backbone is "epoch 0". The published
+   model is the best on val (accuracy, then loss) among it and the
+   fine-tuned epochs, and the summary says which and why.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
+
+import numpy as np
 
 from transferkit import device
 from transferkit.backbones import build_backbone, weights_fingerprint
+from transferkit.blocks import block_groups, depth_of_variables, set_trainable_blocks
 from transferkit.checkpoints import Checkpointer, run_fingerprint
 from transferkit.config import BackboneParams, FinetuneParams
 from transferkit.datasets import image_dataset
 from transferkit.embeddings import read_table
 from transferkit.errors import TransferkitError
 from transferkit.manifest import classes_of, load_manifest, split_of
+from transferkit.optimizers import compile_finetune, make_optimizer
 from transferkit.published import ModelInfo, assemble, save_published
+from transferkit.recipe import Facts, Recipe, resolve
 from transferkit.seeding import seed_everything
-from transferkit.training import compile_classifier, nan_guard, write_history
+from transferkit.training import nan_guard, write_history
 
 
-def augmenter(seed: int):
+def augmenter(recipe: Recipe, seed: int):
+    """The recipe's random transforms (active in training only), or None."""
     import keras
 
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
-        keras.layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 2),
-    ], name="augment")
+    layers = []
+    if recipe.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if recipe.translate:
+        layers.append(keras.layers.RandomTranslation(recipe.translate, recipe.translate, fill_mode="nearest",
+                                                     seed=seed + 1))
+    if recipe.zoom:
+        layers.append(keras.layers.RandomZoom(recipe.zoom, fill_mode="nearest", seed=seed + 2))
+    return keras.Sequential(layers, name="augment") if layers else None
 
 
-def unfreeze_top(backbone, n_layers: int) -> int:
-    """Make the top n layers trainable, BatchNormalization excepted; returns how many are trainable."""
-    import keras
+def smoothed_loss(probs: np.ndarray, labels: np.ndarray, smoothing: float) -> float:
+    """Cross-entropy against label-smoothed one-hot targets: the loss fine-tuning reports as val_loss."""
+    n_classes = probs.shape[1]
+    targets = np.full(probs.shape, smoothing / n_classes)
+    targets[np.arange(len(labels)), labels] += 1.0 - smoothing
+    return float(-(targets * np.log(np.clip(probs, 1e-7, 1.0))).sum(axis=1).mean())
 
-    backbone.trainable = True
-    cutoff = len(backbone.layers) - n_layers
-    trainable = 0
-    for index, layer in enumerate(backbone.layers):
-        layer.trainable = index >= cutoff and not isinstance(layer, keras.layers.BatchNormalization)
-        trainable += bool(layer.trainable and layer.weights)
-    return trainable
+
+def flip_scores(backbone, head, val, plain_probs: np.ndarray, image_size: int, batch_size: int):
+    """(val accuracy, val accuracy on the same images flipped left-right) of the frozen backbone + head."""
+    import tensorflow as tf
+
+    flipped = image_dataset(val["path"], image_size, batch_size).map(
+        lambda x: tf.reverse(tf.cast(x, tf.float32), axis=[2]))
+    probs = head.predict(backbone.predict(flipped, verbose=0), verbose=0)
+    labels = val["label_index"].to_numpy()
+    return float((plain_probs.argmax(1) == labels).mean()), float((probs.argmax(1) == labels).mean())
 
 
 def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: str | Path,
@@ -68,7 +81,6 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
              checkpoint_dir: str | Path, backbone_params: BackboneParams, params: FinetuneParams, seed: int,
              tracker=None) -> dict:
     import keras
-    import tensorflow as tf
 
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
@@ -77,7 +89,8 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     seed_everything(seed)  # before building: weights "none" must match what extract used
     backbone = build_backbone(backbone_params.name, backbone_params.weights, backbone_params.image_size)
     fingerprint = weights_fingerprint(backbone)
-    used = read_table(embeddings_path).spec["weights_sha256"]
+    table = read_table(embeddings_path)
+    used = table.spec["weights_sha256"]
     if used != fingerprint:
         raise TransferkitError(
             f"backbone.weights: the backbone built now differs from the one extract used "
@@ -86,54 +99,120 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     head = keras.saving.load_model(head_path, safe_mode=True)
     model = assemble(backbone, head, backbone_params.image_size)
 
-    history: list[dict] = []
-    summary = {"enabled": params.enabled, "epochs_run": 0, "batch_size": params.batch_size}
-    if params.enabled:
-        backbone_trainable = unfreeze_top(backbone, params.unfreeze)
-        train, val = split_of(manifest, "train"), split_of(manifest, "val")
-        inputs = keras.Input((backbone_params.image_size,) * 2 + (3,), dtype="float32", name="image")
-        x = augmenter(seed)(inputs) if params.augment else inputs
-        trainer = keras.Model(inputs, model(x), name="trainer")
-        compile_classifier(trainer, params.learning_rate)  # after unfreezing, or trainable changes are ignored
+    # 1. Facts. The head on the val embeddings is the frozen model on the val images (extract ran this backbone).
+    train, val = split_of(manifest, "train"), split_of(manifest, "val")
+    y_val = val["label_index"].to_numpy()
+    head_probs = head.predict(table.rows(val["sha256"].tolist()), verbose=0) if len(val) else None
+    head_accuracy = float((head_probs.argmax(1) == y_val).mean()) if len(val) else None
+    counts = np.bincount(train["label_index"].to_numpy(), minlength=len(classes))
+    facts = Facts(per_class=float(np.median(counts)), head_val_accuracy=head_accuracy,
+                  n_blocks=len(block_groups(backbone)))
 
-        as_float = lambda images, labels: (tf.cast(images, tf.float32), labels)  # noqa: E731
-        train_ds = image_dataset(train["path"], backbone_params.image_size, params.batch_size,
-                                 train["label_index"], shuffle_seed=seed).map(as_float)
-        val_ds = None
-        if len(val):
-            val_ds = image_dataset(val["path"], backbone_params.image_size, params.batch_size,
-                                   val["label_index"]).map(as_float)
-        monitor = "val_loss" if val_ds is not None else "loss"
+    # 2. The recipe.
+    def score_flip():
+        if not len(val):
+            return None
+        return flip_scores(backbone, head, val, head_probs, backbone_params.image_size, params.batch_size)
+
+    recipe = resolve(params, facts, score_flip)
+    for reason in recipe.reasons:
+        print(f"finetune: {reason}", flush=True)
+    summary = {"strategy": recipe.strategy, "case": recipe.case, "per_class": facts.per_class,
+               "head_val_accuracy": head_accuracy, "epochs_run": 0, "batch_size": params.batch_size}
+    if len(val):
+        summary["head_val_loss"] = smoothed_loss(head_probs, y_val, recipe.label_smoothing)
+
+    # 3. Training (all but the head strategy), then 4. the best on val is published.
+    history: list[dict] = []
+    ckpt = None
+    published, why = "head", "strategy head: the head on the frozen backbone, no fine-tuning"
+    if recipe.strategy != "head":
+        initial = model.get_weights()  # epoch 0, published if no fine-tuned epoch beats it on val
         inputs_id = run_fingerprint({
             "head": hashlib.sha256(Path(head_path).read_bytes()).hexdigest(),
             "manifest": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(),
-            "backbone": fingerprint, "params": params.model_dump(), "image_size": backbone_params.image_size,
-            "seed": seed, "policy": plan.policy,
+            "backbone": fingerprint, "params": params.model_dump(), "recipe": recipe.as_dict(),
+            "image_size": backbone_params.image_size, "seed": seed, "policy": plan.policy,
         })
-        ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, monitor, params.patience)
-        first_epoch = ckpt.resume(trainer)
-        callbacks = [nan_guard("finetune", "finetune.learning_rate"), ckpt.callback()]
-        if tracker is not None:
-            callbacks.append(tracker.keras_callback())
-        if first_epoch < params.epochs and not ckpt.state["stopped"]:
-            print(f"finetune: {backbone_trainable} backbone layers with weights trainable "
-                  f"(top {params.unfreeze}, BatchNorm frozen), lr {params.learning_rate}", flush=True)
-            trainer.fit(train_ds, validation_data=val_ds, epochs=params.epochs, initial_epoch=first_epoch,
-                        callbacks=callbacks, shuffle=False, verbose=2)  # tf.data shuffles itself
-        ckpt.restore_best(trainer)
+        ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", params.patience)
+        _train(model, backbone, recipe, train, val, len(classes), backbone_params.image_size, params.batch_size,
+               seed, ckpt, tracker)
         history = ckpt.state["history"]
-        best = next((h for h in history if h["epoch"] == ckpt.state["best_epoch"]), {})
+        best = next(h for h in history if h["epoch"] == ckpt.state["best_epoch"])
         summary.update(epochs_run=len(history), best_epoch=ckpt.state["best_epoch"],
-                       val_accuracy=best.get("val_accuracy"), val_loss=best.get("val_loss"),
-                       trainable_backbone_layers=backbone_trainable)
-    else:
-        print("finetune: finetune.enabled is false; publishing the head on the frozen backbone", flush=True)
+                       finetune_val_accuracy=best.get("val_accuracy"), finetune_val_loss=best.get("val_loss"))
+        if not len(val):
+            published, why = "finetuned", "no val split to compare on: the fine-tuned model (lowest training loss)"
+        elif ckpt.rank(best) > ckpt.rank({"val_accuracy": head_accuracy, "val_loss": summary["head_val_loss"]}):
+            published = "finetuned"
+            why = (f"fine-tuned epoch {best['epoch']} beats the head on val: accuracy {best['val_accuracy']:.4f} "
+                   f"vs {head_accuracy:.4f}")
+        else:
+            model.set_weights(initial)
+            why = (f"no fine-tuned epoch beats the head on val (best: epoch {best['epoch']}, accuracy "
+                   f"{best['val_accuracy']:.4f} vs {head_accuracy:.4f}): publishing the head on the frozen backbone")
+    print(f"finetune: published {published}: {why}", flush=True)
+    summary.update(published=published, published_why=why)
+    if len(val):
+        summary["val_accuracy"] = head_accuracy if published == "head" else summary["finetune_val_accuracy"]
+        summary["val_loss"] = summary["head_val_loss"] if published == "head" else summary["finetune_val_loss"]
+    summary["recipe"] = recipe.as_dict()
 
-    # Publish: the model with the best weights, plus what predict needs to use it.
     info = ModelInfo(classes=classes, image_size=backbone_params.image_size, backbone=backbone_params.name,
                      backbone_weights_sha256=fingerprint)
     save_published(model, info, model_path, info_path)
     write_history(history, history_path)
-    if params.enabled:
+    if ckpt is not None:
         ckpt.clear()  # done: a later run with the same inputs must train, not resume a finished run
     return summary
+
+
+def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_size: int, batch_size: int,
+           seed: int, ckpt: Checkpointer, tracker) -> None:
+    """Fit `model` by the recipe, resuming from `ckpt`; leaves the best epoch's weights in `model`."""
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
+    augment = augmenter(recipe, seed)
+    trainer = keras.Model(inputs, model(augment(inputs) if augment else inputs), name="trainer")
+    as_float = lambda images, labels: (tf.cast(images, tf.float32), tf.one_hot(labels, n_classes))  # noqa: E731
+    train_ds = image_dataset(train["path"], image_size, batch_size, train["label_index"],
+                             shuffle_seed=seed).map(as_float)
+    val_ds = image_dataset(val["path"], image_size, batch_size, val["label_index"]).map(as_float) if len(val) else None
+    steps = math.ceil(len(train) / batch_size)
+    depths = depth_of_variables(backbone)
+    compiled_for = [None]
+
+    def setup(epoch: int) -> None:
+        """Trainable blocks for `epoch`, then compile (after `trainable` changes, or they are ignored)."""
+        names = set_trainable_blocks(backbone, recipe.blocks_at(epoch))
+        offset = epoch * steps if recipe.strategy == "gradual" else 0  # a fresh optimizer continues the schedule
+        compile_finetune(trainer, make_optimizer(recipe, steps * recipe.epochs, depths, offset),
+                         recipe.label_smoothing)
+        compiled_for[0] = recipe.blocks_at(epoch)
+        print(f"finetune: epoch {epoch}: {len(names)} blocks trainable ({', '.join(names)}), BatchNorm frozen",
+              flush=True)
+
+    last = ckpt.last_epoch()
+    first = 0
+    if last >= 0:
+        setup(last)  # compiled as when the checkpoint was written, so its optimizer state fits
+        first = ckpt.resume(trainer)
+    callbacks = [nan_guard("finetune", "finetune.learning_rate"), ckpt.callback()]
+    if tracker is not None:
+        callbacks.append(tracker.keras_callback())
+    epoch = first
+    while epoch < recipe.epochs and not ckpt.state["stopped"]:
+        end = epoch + 1
+        while end < recipe.epochs and recipe.blocks_at(end) == recipe.blocks_at(epoch):
+            end += 1  # one fit() per phase of equal trainable blocks (keeps the optimizer state)
+        if compiled_for[0] != recipe.blocks_at(epoch):
+            setup(epoch)
+        trainer.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch, callbacks=callbacks,
+                    shuffle=False, verbose=2)  # tf.data shuffles itself
+        epoch = end
+    best = ckpt.state["best_epoch"]
+    if compiled_for[0] != recipe.blocks_at(best):
+        setup(best)  # the optimizer state saved with the best epoch must fit
+    ckpt.restore_best(trainer)

@@ -1,13 +1,20 @@
-"""The `train_head` stage: a new classifier trained on cached embeddings.
+"""The `train_head` stage: a new classifier trained to convergence on cached embeddings.
 
 The backbone never runs here: the embeddings were computed once by `extract`,
-so an epoch over thousands of images takes well under a second on a CPU. No
-augmentation (the embeddings are fixed); that is the price of the speed, and
-the fine-tune stage is where augmentation happens.
+so an epoch over thousands of images takes milliseconds on a CPU. The head
+standardises its input itself (a Normalization layer holding the train
+embeddings' mean and variance), so one learning rate suits every backbone and
+the published model still takes raw pixels. It trains until val loss stops
+improving (`head.patience` epochs; `head.epochs` is only a cap) and keeps the
+best epoch's weights. Each epoch is one graph call (repeated dataset, fixed
+steps per epoch, `steps_per_execution`): Keras' per-epoch overhead, not the
+arithmetic, is what costs time at this size. No augmentation (the embeddings
+are fixed); the fine-tune stage is where augmentation happens.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +27,31 @@ from transferkit.seeding import seed_everything
 from transferkit.training import class_weights, compile_classifier, nan_guard, write_history
 
 
-def build_head(embedding_dim: int, n_classes: int, params: HeadParams):
-    """embedding -> [Dropout -> Dense(hidden, relu)] -> Dropout -> Dense(n_classes, softmax)."""
+def standardiser(features: np.ndarray | None, embedding_dim: int):
+    """A Normalization layer holding the features' per-dimension mean and variance (identity without features).
+
+    Variances are floored at 1e-3 of the median one, so a dimension that is
+    constant in the train set cannot blow up on a new image."""
+    import keras
+
+    if features is None:
+        mean, variance = np.zeros(embedding_dim), np.ones(embedding_dim)
+    else:
+        features = np.asarray(features, np.float64)
+        mean, variance = features.mean(axis=0), features.var(axis=0)
+        variance = np.maximum(variance, 1e-3 * max(float(np.median(variance)), 1e-12))
+    return keras.layers.Normalization(mean=mean.astype(np.float32).tolist(),
+                                      variance=variance.astype(np.float32).tolist(), name="head_standardise")
+
+
+def build_head(embedding_dim: int, n_classes: int, params: HeadParams, features: np.ndarray | None = None):
+    """embedding -> standardise -> [Dropout -> Dense(hidden, relu)] -> Dropout -> Dense(n_classes, softmax).
+
+    `features`: the train embeddings the standardisation is taken from."""
     import keras
 
     inputs = keras.Input((embedding_dim,), name="embedding")
-    x = inputs
+    x = standardiser(features, embedding_dim)(inputs)
     if params.hidden_units:
         x = keras.layers.Dropout(params.dropout, name="head_dropout_in")(x)
         x = keras.layers.Dense(params.hidden_units, activation="relu", name="head_hidden")(x)
@@ -33,6 +59,28 @@ def build_head(embedding_dim: int, n_classes: int, params: HeadParams):
     # float32 output even under mixed precision: softmax in float16 loses probability mass.
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head_output")(x)
     return keras.Model(inputs, outputs, name="head")
+
+
+def fit_head(model, x: np.ndarray, y: np.ndarray, weights: dict[int, float] | None, validation, params: HeadParams,
+             seed: int, callbacks: list, epochs: int | None = None):
+    """Compile and fit the head fast: each epoch is one call into the graph.
+
+    The same batches as a plain fit(shuffle=True) would see in spirit (a
+    seeded reshuffle every epoch, the last batch partial), and the same class
+    weighting (as per-sample weights)."""
+    import tensorflow as tf
+
+    sample_weight = np.ones(len(y), np.float32) if weights is None else np.asarray(
+        [weights[int(label)] for label in y], np.float32)
+    data = (tf.data.Dataset.from_tensor_slices((x, y, sample_weight))
+            .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+            .batch(params.batch_size).repeat().prefetch(tf.data.AUTOTUNE))
+    steps = math.ceil(len(y) / params.batch_size)
+    compile_classifier(model, params.learning_rate, steps_per_execution=steps)
+    if validation is not None:
+        validation = tf.data.Dataset.from_tensor_slices(validation).batch(len(validation[1]))
+    return model.fit(data, validation_data=validation, epochs=epochs or params.epochs, steps_per_epoch=steps,
+                     callbacks=callbacks, shuffle=False, verbose=0)  # the dataset reshuffles itself
 
 
 def train_head(manifest_path: str | Path, embeddings_path: str | Path, model_path: str | Path,
@@ -51,8 +99,7 @@ def train_head(manifest_path: str | Path, embeddings_path: str | Path, model_pat
     if has_val:
         validation = (table.rows(val["sha256"].tolist()), val["label_index"].to_numpy(np.int32))
 
-    model = build_head(table.dim, len(classes), params)
-    compile_classifier(model, params.learning_rate)
+    model = build_head(table.dim, len(classes), params, features=x_train)
     monitor = "val_loss" if has_val else "loss"
     callbacks = [
         nan_guard("train_head", "head.learning_rate"),
@@ -60,10 +107,8 @@ def train_head(manifest_path: str | Path, embeddings_path: str | Path, model_pat
     ]
     if tracker is not None:
         callbacks.append(tracker.keras_callback())
-    history = model.fit(
-        x_train, y_train, validation_data=validation, epochs=params.epochs, batch_size=params.batch_size,
-        class_weight=class_weights(y_train, len(classes), params.class_weights),
-        callbacks=callbacks, shuffle=True, verbose=2)
+    history = fit_head(model, x_train, y_train, class_weights(y_train, len(classes), params.class_weights),
+                       validation, params, seed, callbacks)
 
     rows = [{"epoch": i, **{k: float(v[i]) for k, v in history.history.items()}}
             for i in range(len(history.history["loss"]))]
@@ -75,6 +120,7 @@ def train_head(manifest_path: str | Path, embeddings_path: str | Path, model_pat
         "batch_size": params.batch_size,
         "epochs_run": len(rows),
         "best_epoch": best["epoch"],
+        "converged": len(rows) < params.epochs,  # stopped by early stopping, not by the epoch cap
         "train_accuracy": best["accuracy"],
         "val_accuracy": best.get("val_accuracy"),
         "val_loss": best.get("val_loss"),

@@ -64,10 +64,11 @@ def write_history(history: list[dict], path: str | Path) -> None:
         frame.reindex(columns=columns).to_csv(tmp, index=False)
 
 
-def compile_classifier(model, learning_rate: float) -> None:
+def compile_classifier(model, learning_rate: float, steps_per_execution: int = 1) -> None:
     import keras
 
     model.compile(
+        steps_per_execution=steps_per_execution,
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],

@@ -36,7 +36,7 @@ TINY = {
     "backbone": {"image_size": 32},
     "extract": {"batch_size": 16},
     "head": {"epochs": 8, "patience": 3},
-    "finetune": {"epochs": 1, "unfreeze": 10, "batch_size": 16},
+    "finetune": {"strategy": "top", "blocks": 2, "epochs": 1, "batch_size": 16},
 }
 
 

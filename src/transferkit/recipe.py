@@ -1,0 +1,144 @@
+"""How to fine-tune, decided from the data: the strategy, its depth, epochs, rates and augmentation.
+
+`resolve` measures nothing itself: finetune hands it the facts (labelled
+images per class, how well the frozen features already separate the classes,
+what a left-right flip does to the head's val accuracy) and it returns the
+Recipe, with the reason for each choice. Knobs set in params.yaml are used
+as written; knobs left null are filled from the table below, for the case the
+data falls in (the README shows the same table):
+
+| case (per class, head val accuracy) | strategy | blocks      | epochs | rate | layer decay |
+|-------------------------------------|----------|-------------|--------|------|-------------|
+| small (< 1000) and similar (>= 0.90) | head     | none        | 0      |      |             |
+| small and different (< 0.90)         | top      | 2/3 of them | 6      | 5e-4 | 0.80        |
+| large (>= 1000) and similar          | top      | 1/3 of them | 4      | 2e-4 | 0.90        |
+| large and different                  | full     | all         | 4      | 5e-4 | 0.85        |
+
+Every case then gets: warmup over the first 10% of the steps, cosine decay
+to zero, AdamW (weight decay 0.01), label smoothing 0.1, global gradient-norm
+clip 1.0, random translation and zoom of 10%, and the left-right flip only if
+it costs the head less than 3 points of val accuracy on flipped val images.
+Budgets are epochs, never wall time, so a run is the same on any machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+SMALL_PER_CLASS = 1000  # fewer labelled (train) images per class than this: "small"
+SIMILAR_ACCURACY = 0.90  # head val accuracy on the frozen features at least this: "similar"
+FLIP_TOLERANCE = 0.03  # a flip that costs the head more val accuracy than this changes what images mean
+
+CASES = {
+    # case: (strategy, share of blocks, epochs, learning rate, layer decay)
+    "small_similar": ("head", 0.0, 0, 5e-4, 0.8),
+    "small_different": ("top", 2 / 3, 6, 5e-4, 0.8),
+    "large_similar": ("top", 1 / 3, 4, 2e-4, 0.9),
+    "large_different": ("full", 1.0, 4, 5e-4, 0.85),
+}
+SHARED = {"warmup": 0.1, "weight_decay": 0.01, "label_smoothing": 0.1, "clip_norm": 1.0,
+          "translate": 0.1, "zoom": 0.1}
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the decision is made from."""
+    per_class: float  # median labelled train images per class
+    head_val_accuracy: float | None  # the trained head on the val embeddings (None: no val split)
+    n_blocks: int  # whole blocks in the backbone
+
+
+@dataclass
+class Recipe:
+    strategy: str  # head | top | full | gradual
+    blocks: int  # trainable blocks at the end (0 for head)
+    epochs: int
+    learning_rate: float
+    layer_decay: float
+    warmup: float
+    weight_decay: float
+    label_smoothing: float
+    clip_norm: float
+    flip: bool
+    translate: float
+    zoom: float
+    case: str
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def blocks_at(self, epoch: int) -> int:
+        """Trainable blocks during `epoch` (gradual adds blocks from the top, epoch by epoch)."""
+        if self.strategy != "gradual":
+            return self.blocks
+        return min(self.blocks, math.ceil((epoch + 1) * self.blocks / self.epochs))
+
+
+def classify(facts: Facts) -> tuple[str, list[str]]:
+    size = "small" if facts.per_class < SMALL_PER_CLASS else "large"
+    reasons = [f"{facts.per_class:g} labelled train images per class: {size} "
+               f"({'<' if size == 'small' else '>='} {SMALL_PER_CLASS})"]
+    if facts.head_val_accuracy is None:
+        similarity = "different"
+        reasons.append("no val split to measure the frozen features on: treated as different from ImageNet")
+    else:
+        similarity = "similar" if facts.head_val_accuracy >= SIMILAR_ACCURACY else "different"
+        reasons.append(f"the head on the frozen features scores {facts.head_val_accuracy:.3f} on val: {similarity} "
+                       f"to the pretraining data ({'>=' if similarity == 'similar' else '<'} {SIMILAR_ACCURACY})")
+    return f"{size}_{similarity}", reasons
+
+
+def resolve(params, facts: Facts, score_flip: Callable[[], tuple[float, float] | None]) -> Recipe:
+    """The recipe for these params (config.FinetuneParams) and facts.
+
+    `score_flip()` returns (val accuracy, val accuracy on flipped images) of the
+    frozen backbone + head, or None when there is no val split; it is called
+    only when the flip is left to the data."""
+    case, reasons = classify(facts)
+    strategy, share, epochs, rate, decay = CASES[case]
+    if params.strategy == "auto":
+        reasons.append(f"auto: case {case} -> strategy {strategy}")
+    else:
+        strategy = params.strategy
+        reasons.append(f"strategy {strategy} set in params.yaml (the data's case is {case})")
+    if strategy == "head":
+        blocks = 0
+    elif strategy == "full":
+        blocks = facts.n_blocks
+    elif params.blocks:
+        blocks = min(params.blocks, facts.n_blocks)
+    elif strategy == "gradual":
+        blocks = facts.n_blocks
+    else:  # top; a case whose own strategy is head unfreezes a third
+        blocks = max(1, math.ceil((share or 1 / 3) * facts.n_blocks))
+    chosen = {
+        "epochs": 0 if strategy == "head" else (params.epochs or epochs or 4),
+        "learning_rate": params.learning_rate or rate,
+        "layer_decay": params.layer_decay or decay,
+    }
+    for key, value in SHARED.items():
+        chosen[key] = getattr(params, key) if getattr(params, key) is not None else value
+    recipe = Recipe(strategy=strategy, blocks=blocks, flip=False, case=case, reasons=reasons, **chosen)
+    if strategy != "head":
+        reasons.append(f"{strategy}: {blocks} of {facts.n_blocks} blocks trainable, {recipe.epochs} epochs, "
+                       f"peak rate {recipe.learning_rate:g}, x{recipe.layer_decay:g} per block further down")
+        recipe.flip = _decide_flip(params.flip, score_flip, reasons)
+    return recipe
+
+
+def _decide_flip(flip: bool | None, score_flip, reasons: list[str]) -> bool:
+    if flip is not None:
+        reasons.append(f"flip {'on' if flip else 'off'}: set in params.yaml")
+        return flip
+    scores = score_flip()
+    if scores is None:
+        reasons.append("flip off: no val split to check that a flip keeps the labels")
+        return False
+    plain, flipped = scores
+    keep = flipped >= plain - FLIP_TOLERANCE
+    reasons.append(f"flip {'on' if keep else 'off'}: the head scores {plain:.3f} on val and {flipped:.3f} on the "
+                   f"same images flipped ({'within' if keep else 'more than'} {FLIP_TOLERANCE:g})")
+    return keep
