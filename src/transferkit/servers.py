@@ -1,4 +1,5 @@
-"""The tracking server as seen from a stage: reachable, letting us in, and not retried for minutes.
+"""Where runs are recorded (the local store dvc.yaml names, or MLFLOW_TRACKING_URI), and the
+tracking server as seen from a stage: reachable, letting us in, and not retried for minutes.
 
 Plain HTTP checks made before any work (MLflow's client would retry for
 minutes first), the bounded retry settings every stage process uses, and one
@@ -11,6 +12,39 @@ import os
 import ssl
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+@dataclass(frozen=True)
+class LocalStore:
+    """The local MLflow store used when MLFLOW_TRACKING_URI is not set; paths relative to the repo root."""
+    database: str  # sqlite file
+    artifacts: str  # folder
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{repo_root() / self.database}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return repo_root() / self.artifacts
+
+
+def tracking_uri(local: LocalStore) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or local.uri
+
+
+def counted(items: list[str]) -> list[str]:
+    """Each distinct item once, in order, with how many times it came: 'x (5 times)'."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return [item if n == 1 else f"{item} ({n} times)" for item, n in counts.items()]
 
 
 def server_problem(uri: str, timeout: float = 5.0) -> str | None:

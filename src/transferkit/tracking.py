@@ -40,48 +40,17 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transferkit.executions import (LOCK_TAG, PARENT_TAG, PIPELINE_TAG, STAGE_TAG, file_sha256, launcher, lock_entries,
                                    pipeline_key, process_id)
-from transferkit.servers import bound_retries, login_problem, server_problem, short_reason  # noqa: F401 (re-export)
+from transferkit.servers import (LocalStore, bound_retries, counted, login_problem, repo_root,  # noqa: F401 (re-export)
+                                 server_problem, short_reason, tracking_uri)
 
 # MLflow 3's UI opens an experiment in its GenAI view unless it is marked as model training
 # (the UI also keeps a per-browser choice, set by the ?workflowType=machine_learning URL parameter).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-
-
-def repo_root() -> Path:
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
-
-
-@dataclass(frozen=True)
-class LocalStore:
-    """The local MLflow store used when MLFLOW_TRACKING_URI is not set; paths relative to the repo root."""
-    database: str  # sqlite file
-    artifacts: str  # folder
-
-    @property
-    def uri(self) -> str:
-        return f"sqlite:///{repo_root() / self.database}"
-
-    @property
-    def artifact_root(self) -> Path:
-        return repo_root() / self.artifacts
-
-
-def tracking_uri(local: LocalStore) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or local.uri
-
-
-def _counted(items: list[str]) -> list[str]:
-    """Each distinct item once, in order, with how many times it came: 'x (5 times)'."""
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return [item if n == 1 else f"{item} ({n} times)" for item, n in counts.items()]
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -172,7 +141,7 @@ class StageRun:
         self._send("the pipeline run's status", self.client.set_terminated, self.parent_id, status=status)
         if self.lost and not self.required:
             print(f"{self.stage}: warning: MLflow tracking server {self.uri} stopped answering ({self.lost}); "
-                  f"not sent: {'; '.join(_counted(self.unsent))}", file=sys.stderr, flush=True)
+                  f"not sent: {'; '.join(counted(self.unsent))}", file=sys.stderr, flush=True)
 
     def _send(self, what: str, call, *args, **kwargs):
         """call(*args, **kwargs), turning a tracking server that went away into one clear outcome.
