@@ -40,8 +40,12 @@ BENCHMARKS := extract_efficiency cached_head incremental memory machine_limit re
 bench: install
 	@set -e; for name in $(BENCHMARKS); do echo; $(BIN)/python benchmarks/bench_$$name.py; done
 
-# The MLflow UI on this machine only: http://127.0.0.1:5000
+# The MLflow UI on this machine only, opened on the experiment's training runs: MLflow 3.17's UI
+# picks its GenAI or training view from a per-browser setting that this URL parameter sets.
+UI_URL := http://127.0.0.1:5000/\#/experiments?workflowType=machine_learning
 ui: install
+	@echo "MLflow UI: $(UI_URL)"
+	@$(BIN)/python -c "import time, webbrowser; time.sleep(4); webbrowser.open('$(UI_URL)')" >/dev/null 2>&1 &
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 # The registered model (tracking.registered_model), latest version, on this machine only:

@@ -22,11 +22,49 @@ def no_usage_reports() -> None:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+# Error-level lines TensorFlow prints that are not errors. Each is filtered by its text, so
+# every other message, real errors included, still reaches the terminal at its usual level.
+HARMLESS_STDERR = (
+    # tf.data in TF 2.21, on every Keras fit(): an option its own graph rewriter adds and
+    # its kernel does not declare ("NodeDef mentions attribute use_unbounded_threadpool ...").
+    b"use_unbounded_threadpool",
+)
+
+
+def filter_stderr(harmless: tuple[bytes, ...] = HARMLESS_STDERR) -> None:
+    """Drop lines containing `harmless` from this process's stderr, C++ output included (fd 2)."""
+    import atexit
+    import threading
+
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump() -> None:
+        with os.fdopen(read, "rb") as source:
+            for line in source:
+                if not any(text in line for text in harmless):
+                    os.write(terminal, line)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def restore() -> None:  # at exit: give fd 2 back, let the pump forward the last lines
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        thread.join(timeout=2)
+
+    atexit.register(restore)
+
+
 def run(main: Callable[[], None], stage: str) -> None:
     from transferkit.errors import TransferkitError
 
     quiet_tensorflow()
     no_usage_reports()
+    filter_stderr()
     try:
         main()
     except TransferkitError as exc:

@@ -8,6 +8,7 @@ pipeline runs in a couple of minutes on 2 CPU cores.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -116,6 +117,12 @@ def test_full_pipeline_produces_model_metrics_and_plots(project, first_run, env)
     for name in ("confusion.png", "calibration.png", "curves.png", "confusion.csv", "train_head.csv", "finetune.csv"):
         assert (project / "plots" / name).stat().st_size > 0, name
     assert (project / "models" / "model.keras").exists()
+    for name in ("saved_model/saved_model.pb", "model.tflite", "model.onnx", "model.onnx.json"):
+        assert (project / "models" / "export" / name).exists(), name
+    parity = json.loads((project / "metrics" / "export.json").read_text())["artifacts"]
+    assert set(parity) == {"saved_model", "litert", "onnx"} and all(f["max_abs_diff"] <= 1e-4 for f in parity.values())
+    assert set(json.loads((project / "metrics" / "extract.json").read_text())) == {"distinct_images", "computed", "reused"}
+    assert "use_unbounded_threadpool" not in first_run.stderr  # TF's harmless error-level line is filtered
     assert not (project / "data" / "prepared" / "classes.json").exists()
     shown = sh(["dvc", "metrics", "show", "--json"], project, env).stdout
     assert "macro_f1" in shown
@@ -141,6 +148,17 @@ def test_mlflow_has_parent_and_child_runs(project, first_run):
     assert "plots/confusion.png" in artifacts
     versions = client.search_model_versions("name='transferkit'")
     assert versions and versions[0].run_id == parent.info.run_id
+    assert "export.onnx.max_abs_diff" in parent.data.metrics
+    # The UI opens the experiment on its training runs; each parent shows its dataset and its source.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (dataset,) = [d.dataset for d in parent.inputs.dataset_inputs]
+    assert dataset.name == "prepared manifest" and dataset.digest
+    assert len(parent.data.tags["mlflow.source.git.commit"]) == 40
+    deadline = time.time() + 60  # the execution's watcher records the final dvc.lock once dvc has ended
+    while client.get_run(parent.info.run_id).data.tags.get("dvc.lock.sha256") is None and time.time() < deadline:
+        time.sleep(1)
+    lock = hashlib.sha256((project / "dvc.lock").read_bytes()).hexdigest()
+    assert client.get_run(parent.info.run_id).data.tags["dvc.lock.sha256"] == lock
 
 
 def test_second_repro_runs_nothing(project, first_run, env):
