@@ -1,6 +1,7 @@
 # `make run`: set-up + the whole pipeline on the embedded sample data.
 # `make test`: set-up + the whole test suite.
-# `make bench`: set-up + every benchmark in benchmarks/ (15-17 minutes on 2 cores).
+# `make bench`: set-up + the speed benchmarks in benchmarks/ (about 20 minutes on 2 cores;
+# bench_quality.py, an hour or more, is run on its own: see benchmarks/README.md).
 # `eval "$(make -s services)"`: start the team services (README "Working as a team");
 # `make services-stop` stops them.
 # Each makes its own .venv first; the install is skipped when pyproject.toml
@@ -36,7 +37,7 @@ test: install
 	$(BIN)/python -m pytest
 
 # Each benchmark prints its figures and, on its last line, its ratio (see benchmarks/README.md).
-BENCHMARKS := extract_efficiency cached_head incremental memory machine_limit rerun
+BENCHMARKS := extract_efficiency cached_head incremental memory machine_limit rerun finetune_throughput
 bench: install
 	@set -e; for name in $(BENCHMARKS); do echo; $(BIN)/python benchmarks/bench_$$name.py; done
 
