@@ -8,7 +8,7 @@ import pytest
 from transferkit import runtimes
 from transferkit.config import ExportParams
 from transferkit.errors import TransferkitError
-from transferkit.export import Artifact, check, compare, export, gate
+from transferkit.export import Artifact, artifacts_for, check, compare, export, gate, write_artifact
 from transferkit.published import load_published
 
 from conftest import prepare_into, save_colour_model
@@ -76,3 +76,28 @@ def test_the_gate_names_the_file_and_the_figure():
     assert "top-1 agreement 66.67% < 99%" in gate(int8, flipped, 1.0)
     with pytest.raises(TransferkitError, match=r"model\.onnx \(onnxruntime\): max"):
         check({"failures": ["models/export/model.onnx (onnxruntime): max |probability difference| 0.1 > 0.0001"]})
+
+
+def test_normalization_layers_export_as_constants(tmp_path):
+    """The pipeline's head standardises its input with a keras Normalization layer, and
+    efficientnet_b0 normalises its pixels with one: every exported file carries their statistics
+    inside, the ONNX file taking only the image (tf2onnx alone makes them extra inputs)."""
+    import keras
+
+    from transferkit.config import HeadParams
+    from transferkit.published import ModelInfo, assemble, save_published
+    from transferkit.train_head import build_head
+
+    features = np.random.default_rng(0).normal(5.0, 3.0, (50, 3)).astype(np.float32)
+    pixels_normalised = keras.layers.Normalization(mean=[100, 120, 140], variance=[900, 1600, 2500])
+    backbone = keras.Sequential([keras.Input((32, 32, 3)), pixels_normalised, keras.layers.GlobalAveragePooling2D()],
+                                name="backbone")
+    model = assemble(backbone, build_head(3, 3, HeadParams(hidden_units=0), features), 32)
+    info = ModelInfo(classes=["a", "b", "c"], image_size=32, backbone="mean", backbone_weights_sha256="0" * 64)
+    save_published(model, info, tmp_path / "model.keras", tmp_path / "model.json")
+    model, _ = load_published(tmp_path / "model.keras", tmp_path / "model.json")
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    reference = model.predict(pixels, verbose=0)
+    for artifact in artifacts_for(ExportParams())[1:]:  # litert, onnx (the SavedModel keeps variables anyway)
+        write_artifact(model, artifact, tmp_path / artifact.file, ExportParams())
+        assert np.abs(artifact.runner(tmp_path)(pixels) - reference).max() < 1e-5, artifact.name

@@ -82,7 +82,8 @@ def write_artifact(model, artifact: Artifact, path: Path, params: ExportParams,
     if artifact.name == "saved_model":
         model.export(str(path), format="tf_saved_model", verbose=False)
     elif artifact.name == "onnx":
-        model.export(str(path), format="onnx", opset_version=params.onnx_opset, verbose=False)
+        _with_constant_normalization(model).export(str(path), format="onnx", opset_version=params.onnx_opset,
+                                                   verbose=False)
         _rename_onnx_output(path, ONNX_OUTPUT)
     elif artifact.name == "litert":
         model.export(str(path), format="litert", verbose=False, **_builtins_only())
@@ -97,6 +98,36 @@ def write_artifact(model, artifact: Artifact, path: Path, params: ExportParams,
                      **_builtins_only(optimizations=[tf.lite.Optimize.DEFAULT], representative_dataset=representative))
     else:
         raise ValueError(artifact.name)
+
+
+def _with_constant_normalization(model):
+    """The model with every keras Normalization layer (efficientnet_b0 has one) replaced by the
+    equal Rescaling, the other layers shared.
+
+    Normalization keeps its mean and variance as eager tensors; tf2onnx turns
+    those into extra graph inputs the ONNX file then demands beside `image`.
+    Rescaling's numpy constants are traced into the graph instead."""
+    import keras
+
+    def replace(layer):
+        if not isinstance(layer, keras.layers.Normalization) or layer.invert:
+            return layer
+        mean, variance = (np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in (layer.mean, layer.variance))
+        scale = 1.0 / np.maximum(np.sqrt(variance), keras.backend.epsilon())
+        return keras.layers.Rescaling(scale=scale, offset=-mean * scale, name=layer.name)
+
+    if not any(isinstance(layer, keras.layers.Normalization) for layer in _all_layers(model)):
+        return model
+    clone = keras.models.clone_model(model, clone_function=replace, recursive=True)
+    clone(np.zeros((1, *model.input_shape[1:]), np.float32))  # Keras exports only a model that has been called
+    return clone
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
 
 
 def _rename_onnx_output(path: Path, name: str) -> None:
