@@ -11,41 +11,24 @@ import base64
 import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, draw_example, free_port, make_image_folder
+from conftest import REPO, draw_example, free_port
 from messy_data import OK, UNICODE_CLASS, add_messy_files
+from tiny_project import BIN, STAGES, commit_all, make_tiny_project, sh, stages_run
 
 pytestmark = pytest.mark.e2e
-BIN = Path(sys.executable).parent  # the venv running the tests: its python, dvc, mlflow, transferkit
 
 MESSY: dict[str, str] = {}  # filled by the project fixture: messy file -> expected outcome
-TINY = {
-    "data": {"source": "data/tiny", "val_fraction": 0.2, "test_fraction": 0.2},
-    "backbone": {"image_size": 32},
-    "extract": {"batch_size": 16},
-    "head": {"epochs": 8, "patience": 3},
-    "finetune": {"strategy": "top", "blocks": 2, "epochs": 1, "batch_size": 16},
-}
-
-
-def sh(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
-    return out
 
 
 def system_path() -> str:
@@ -62,10 +45,6 @@ def readme_line(start: str) -> str:
     raise AssertionError(f"README.md has no line starting with {start!r}")
 
 
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", output)
-
-
 @pytest.fixture(scope="module")
 def env() -> dict:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
@@ -77,23 +56,10 @@ def env() -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, env) -> Path:
     root = tmp_path_factory.mktemp("project")
-    tracked = sh(["git", "ls-files"], REPO).stdout.split()
-    for name in tracked:
-        if name.startswith(("data/sample/", "tests/")):
-            continue
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
-    (root / "dvc.lock").unlink(missing_ok=True)
-    make_image_folder(root / "data" / "tiny", per_class=10, size=40)
+    images = make_tiny_project(root)
     # Real folders are messy: broken, odd and unusual files ride along through every stage.
-    MESSY.update(add_messy_files(root / "data" / "tiny", broken_symlink=False))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(["git", "init", "-q", "-b", "main"], root)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], root)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny project"], root)
+    MESSY.update(add_messy_files(images, broken_symlink=False))
+    commit_all(root, "tiny project")
     # As `make` leaves a clone: its .venv (git ignores it), here the one running the tests.
     (root / ".venv").symlink_to(BIN.parent, target_is_directory=True)
     return root
@@ -105,7 +71,7 @@ def first_run(project, env) -> subprocess.CompletedProcess:
 
 
 def test_full_pipeline_produces_model_metrics_and_plots(project, first_run, env):
-    assert stages_run(first_run.stdout) == ["prepare", "extract", "train_head", "finetune", "evaluate", "export"]
+    assert stages_run(first_run.stdout) == STAGES
     assert "images/s" in first_run.stderr  # extract reports throughput
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics
@@ -136,8 +102,7 @@ def test_mlflow_has_parent_and_child_runs(project, first_run):
     assert len(parents) == 1
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.run_name for r in children) == sorted(
-        ["prepare", "extract", "train_head", "finetune", "evaluate", "export"])
+    assert sorted(r.info.run_name for r in children) == sorted(STAGES)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["head.learning_rate"] == "0.001"
     assert parent.data.params["backbone.image_size"] == "32"

@@ -34,34 +34,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, make_image_folder
+from conftest import REPO
+from tiny_project import BIN, GIT, STAGES, commit_all, make_tiny_project, sh, stages_run
 
 pytestmark = pytest.mark.e2e
-BIN = Path(sys.executable).parent
 SCRIPT = REPO / "scripts" / "services.sh"
-TINY = {
-    "data": {"source": "data/tiny", "val_fraction": 0.2, "test_fraction": 0.2},
-    "backbone": {"image_size": 32},
-    "extract": {"batch_size": 16},
-    "head": {"epochs": 8, "patience": 3},
-    "finetune": {"epochs": 1, "unfreeze": 10, "batch_size": 16},
-}
-STAGES = ["prepare", "extract", "train_head", "finetune", "evaluate"]
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-
-
-def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stdout[-4000:]}\n"
-                             f"{out.stderr[-4000:]}")
-    return out
-
-
-def stages_run(output: str) -> list[str]:
-    import re
-
-    return re.findall(r"Running stage '(\w+)'", output)
 
 
 def own_lines(stderr: str) -> list[str]:
@@ -204,22 +181,8 @@ def services():
 def project(tmp_path_factory, services) -> Path:
     """A tiny copy of this repo in its own git repo (as tests/e2e/test_pipeline.py makes it), DVC remote set."""
     root = tmp_path_factory.mktemp("team") / "project"
-    tracked = sh(["git", "ls-files"], REPO, dict(os.environ)).stdout.split()
-    for name in tracked:
-        if name.startswith(("data/sample/", "tests/")):
-            continue
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
-    (root / "dvc.lock").unlink(missing_ok=True)
-    make_image_folder(root / "data" / "tiny", per_class=10, size=40)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = services.client_env()
-    sh(["git", "init", "-q", "-b", "main"], root, env)
-    sh([*GIT, "add", "-A"], root, env)
-    sh([*GIT, "commit", "-qm", "tiny project"], root, env)
+    make_tiny_project(root)
+    commit_all(root, "tiny project", services.client_env())
     services.run("dvc-remote", str(root))  # what `make services` does for the repo it runs in
     return root
 

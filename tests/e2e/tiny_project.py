@@ -1,0 +1,61 @@
+"""The tiny project the end-to-end tests run for real: this repo's tracked files in a fresh git repo,
+a small image folder and small sizes in params.yaml, so the whole pipeline takes a couple of minutes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, make_image_folder
+
+BIN = Path(sys.executable).parent  # the venv running the tests: its python, dvc, mlflow, transferkit
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+TINY = {
+    "data": {"source": "data/tiny", "val_fraction": 0.2, "test_fraction": 0.2},
+    "backbone": {"image_size": 32},
+    "extract": {"batch_size": 16},
+    "head": {"epochs": 8, "patience": 3},
+    "finetune": {"strategy": "top", "blocks": 2, "epochs": 1, "batch_size": 16},
+}
+STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])  # in the order dvc repro runs them
+
+
+def sh(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
+       timeout: float = 900) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stdout[-4000:]}\n"
+                             f"{out.stderr[-4000:]}")
+    return out
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+def make_tiny_project(root: Path) -> Path:
+    """The repo's tracked files (not the sample data or tests) in root, tiny params; returns the image folder."""
+    for name in sh(["git", "ls-files"], REPO).stdout.split():
+        if name.startswith(("data/sample/", "tests/")):
+            continue
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    (root / "dvc.lock").unlink(missing_ok=True)
+    images = make_image_folder(root / "data" / "tiny", per_class=10, size=40)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return images
+
+
+def commit_all(root: Path, message: str, env: dict | None = None) -> None:
+    if not (root / ".git").exists():
+        sh(["git", "init", "-q", "-b", "main"], root, env)
+    sh([*GIT, "add", "-A"], root, env)
+    sh([*GIT, "commit", "-qm", message], root, env)
