@@ -206,7 +206,7 @@ def test_same_inputs_same_model(project, first_run, env):
     before = {name: (project / name).read_bytes() for name in outputs}
     shutil.rmtree(project / "data" / "embedding_store")  # no cached embeddings: the backbone runs again too
     again = sh(["dvc", "repro", "--force", "--downstream", "extract"], project, env)
-    assert stages_run(again.stdout) == ["extract", "train_head", "finetune", "evaluate"]
+    assert stages_run(again.stdout) == STAGES[STAGES.index("extract"):]
     assert json.loads((project / "metrics" / "extract.json").read_text())["reused"] == 0
     for name in outputs:
         assert (project / name).read_bytes() == before[name], f"{name} differs between two identical runs"
