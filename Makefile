@@ -17,7 +17,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test bench ui serve lock clean services services-stop postgresql
+.PHONY: install run test bench ui serve queue sweep lock clean services services-stop postgresql
 
 install: $(STAMP)
 
@@ -56,12 +56,34 @@ PORT ?= 5001
 serve: install
 	mlflow models serve -m models:/$(MODEL)/latest --env-manager local --host 127.0.0.1 --port $(PORT)
 
+# Run the experiments queued with `dvc exp run --queue`, JOBS at a time, and wait for them. Through
+# make because `dvc queue start` starts its workers as `dvc` from PATH (a fresh shell has none).
+# More than one job at a time wants the team's tracking server (eval "$$(make -s services)"):
+# the local mlflow.db is a single SQLite file.
+JOBS ?= 1
+queue: install
+	dvc queue start -j $(JOBS)
+	@sleep 5; while dvc queue status | grep -qE '(Queued|Running) *$$'; do \
+	  if dvc queue status | grep -q 'Worker status: 0 active, 0 idle'; then \
+	    echo "experiments are queued but no queue worker runs: make queue" >&2; exit 1; fi; \
+	  sleep 10; done
+	dvc queue status  # a Failed one: .venv/bin/dvc queue logs <name>
+
+# A grid over head settings on the cached embeddings: one queued experiment per combination, each
+# running only train_head (prepare and extract are restored from DVC's cache), then `make queue`
+# and the experiments, best val accuracy first.
+SWEEP ?= -S head.learning_rate=0.0003,0.001,0.003 -S head.hidden_units=0,256
+sweep: install
+	dvc exp run --queue train_head $(SWEEP)
+	@$(MAKE) --no-print-directory queue
+	dvc exp show --no-pager --only-changed --sort-by metrics/train_head.json:val_accuracy --sort-order desc
+
 # Re-pin every transitive dependency after changing pyproject.toml.
 lock: install
 	$(BIN)/python -m pip freeze --exclude-editable | grep -vi '^transferkit' > requirements.lock
 
 clean:
-	rm -rf data/prepared data/features models plots metrics .checkpoints
+	rm -rf data/prepared data/embeddings.npz models plots metrics .checkpoints
 
 # The team services on 127.0.0.1 (scripts/services.sh): PostgreSQL + S3 (SeaweedFS) + MLflow
 # with basic-auth, data under services/ (git- and dvc-ignored; kept across stop/start).

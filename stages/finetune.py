@@ -12,7 +12,8 @@ def main() -> None:
     parser.add_argument("--model-info", required=True, help="output JSON describing the model (classes, input)")
     parser.add_argument("--history", required=True)
     parser.add_argument("--metrics", required=True)
-    parser.add_argument("--checkpoints", required=True, help="per-epoch checkpoints, for resuming")
+    parser.add_argument("--checkpoints", required=True,
+                        help="checkpoint root: per-epoch checkpoints, a sub-folder per run, for resuming")
     args = parser.parse_args()
 
     from transferkit.files import write_json

@@ -1,7 +1,10 @@
 """Per-epoch checkpoints of a training run, with early stopping, that survive a kill.
 
-A rerun with the same inputs resumes after the last completed epoch; a run
-with other inputs starts over.
+Each run keeps them in a sub-folder of the checkpoint root named after its
+inputs' fingerprint, so runs with other inputs (experiments in the same
+workspace, one after another or queued) never overwrite or wipe each other's.
+A rerun with the same inputs resumes after the last completed epoch; the
+sub-folder goes once the run has published its model.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import shutil
 from pathlib import Path
 
 from transferkit.files import atomic_path, read_json, write_json
+
+
+FOLDER_DIGITS = 16  # of the fingerprint, naming a run's folder (64 bits: no collision among a team's runs)
 
 
 def run_fingerprint(parts: dict) -> str:
@@ -30,9 +36,12 @@ class Checkpointer:
     and match it.
     """
 
-    def __init__(self, folder: Path, fingerprint: str, monitor: str, patience: int):
-        """monitor: "val" ranks epochs by val accuracy, then lower val loss; "loss" by training loss."""
-        self.folder, self.fingerprint, self.monitor, self.patience = Path(folder), fingerprint, monitor, patience
+    def __init__(self, root: Path, fingerprint: str, monitor: str, patience: int):
+        """Checkpoints go to root/<first 16 hex digits of fingerprint>.
+
+        monitor: "val" ranks epochs by val accuracy, then lower val loss; "loss" by training loss."""
+        self.folder = Path(root) / fingerprint[:FOLDER_DIGITS]
+        self.fingerprint, self.monitor, self.patience = fingerprint, monitor, patience
         self.state = {"fingerprint": fingerprint, "epoch": -1, "best": None, "best_epoch": None,
                       "wait": 0, "stopped": False, "history": []}
 
@@ -54,8 +63,8 @@ class Checkpointer:
         if not self.state_path.exists():
             return -1
         state = read_json(self.state_path)
-        if state.get("fingerprint") != self.fingerprint:
-            print("finetune: checkpoint is from different inputs; starting over", flush=True)
+        if state.get("fingerprint") != self.fingerprint:  # a 64-bit prefix collision, or a hand-made folder
+            print(f"finetune: {self.folder} holds a checkpoint of other inputs; starting over", flush=True)
             self.clear()
             return -1
         return int(state["epoch"])
@@ -111,7 +120,12 @@ class Checkpointer:
             model.load_weights(self.weights_path(self.state["best_epoch"]))
 
     def clear(self) -> None:
+        """This run's folder; the root too once no other run's is left in it."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.folder.parent.rmdir()
+        except OSError:  # other runs' checkpoints (or the root never existed)
+            pass
 
 
 def _build_optimizer(model) -> None:

@@ -156,13 +156,18 @@ def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head):
     args = ["--manifest", "prepared/manifest.parquet", "--embeddings", "store.npz", "--head", "models/head.keras",
             "--model", "models/model.keras", "--model-info", "models/model.json", "--history", "plots/finetune.csv",
             "--metrics", "metrics/finetune.json", "--checkpoints", ".checkpoints/finetune"]
-    state_path = root / ".checkpoints" / "finetune" / "state.json"
+    checkpoints = root / ".checkpoints" / "finetune"  # a sub-folder per run: exactly one here
+
+    def state_written() -> bool:
+        return any(checkpoints.glob("*/state.json"))
+
     log = root / "finetune-killed.log"
     with open(log, "w") as sink:
         proc = subprocess.Popen(command(root, "finetune", *args), cwd=root, env=environ(root),
                                 stdout=sink, stderr=subprocess.STDOUT)
-    wait_for(state_path.exists, proc, log)
+    wait_for(state_written, proc, log)
     kill(proc)
+    (state_path,) = checkpoints.glob("*/state.json")
     state = json.loads(state_path.read_text())
     done = state["epoch"]
     assert 0 <= done < 3 and len(state["history"]) == done + 1
@@ -180,7 +185,7 @@ def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head):
     import keras
 
     assert keras.saving.load_model(root / "models" / "model.keras", safe_mode=True).output_shape == (None, 3)
-    assert not state_path.parent.exists()  # cleared once the model is published
+    assert not checkpoints.exists()  # cleared once the model is published
 
 
 def test_unreachable_tracking_server_stops_the_stage_before_any_work(workspace):

@@ -1,0 +1,137 @@
+"""Queue experiments, run them two at a time, and check that MLflow recorded each one apart.
+
+    eval "$(make -s services)"            # or any MLFLOW_TRACKING_URI
+    .venv/bin/python scripts/check_queue.py --times 3
+
+Each round queues `--experiments` experiments (`dvc exp run --queue -S
+head.learning_rate=...`, one value per experiment), starts `--jobs` queue
+workers (`dvc queue start -j`), waits for the queue to empty, then checks the
+tracking server: every experiment DVC ran has exactly one MLflow parent run,
+named after it and holding its own learning rate, whose child runs are the
+stages that ran in it, all FINISHED, and no child run belongs to two parents.
+It exits 1 naming the experiment and what is wrong, else prints one line per
+round. The project (`--project`, default: here) must be a git repo whose
+dvc.lock is committed (the queue runs experiments from the last commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STAGE_TAG = "transferkit.stage"
+FINISHED_STATES = ("Success", "Failed")
+
+
+BIN = Path(sys.executable).parent  # the venv's dvc; `dvc queue start` spawns its workers as `dvc` from PATH
+
+
+def dvc(project: Path, *args: str, timeout: float = 600) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    if out.returncode:
+        raise SystemExit(f"dvc {' '.join(args)} failed ({out.returncode}) in {project}:\n{out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def queue_status(project: Path) -> list[dict]:
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return list(repo.experiments.celery_queue.status())
+
+
+def wait_for_queue(project: Path, names: list[str], timeout: float) -> dict[str, str]:
+    """experiment name -> final status (Success / Failed), once every one of `names` has one."""
+    deadline = time.time() + timeout
+    while True:
+        status = {task.get("name"): task["status"] for task in queue_status(project)}
+        if all(status.get(name) in FINISHED_STATES for name in names):
+            return {name: status[name] for name in names}
+        if time.time() > deadline:
+            raise SystemExit(f"the queue did not finish within {timeout:.0f} s: {status}")
+        time.sleep(3)
+
+
+def check_records(names_to_rates: dict[str, str], stages_ran: dict[str, list[str]]) -> list[str]:
+    """What is wrong with the MLflow records of these experiments (nothing: an empty list)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("transferkit")
+    if experiment is None:
+        return ["no MLflow experiment named transferkit on " + client.tracking_uri]
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    problems: list[str] = []
+    children_seen: dict[str, str] = {}
+    for name, rate in names_to_rates.items():
+        parents = [r for r in runs if r.info.run_name == name and r.data.tags.get(STAGE_TAG) == "pipeline"]
+        if len(parents) != 1:
+            problems.append(f"experiment {name}: {len(parents)} MLflow parent runs, not 1")
+            continue
+        parent = parents[0]
+        if parent.data.params.get("head.learning_rate") != rate:
+            problems.append(f"experiment {name}: parent run has head.learning_rate "
+                            f"{parent.data.params.get('head.learning_rate')}, queued with {rate}")
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        for child in children:
+            if child.info.run_id in children_seen:
+                problems.append(f"child run {child.info.run_id} in both {children_seen[child.info.run_id]} and {name}")
+            children_seen[child.info.run_id] = name
+            if child.data.params.get("head.learning_rate", rate) != rate:
+                problems.append(f"experiment {name}: its {child.info.run_name} child has another learning rate")
+        ran = sorted(c.info.run_name for c in children if "transferkit.restored" not in c.data.tags)
+        if ran != sorted(stages_ran[name]):
+            problems.append(f"experiment {name}: child runs {ran}, but DVC ran {sorted(stages_ran[name])}")
+        not_finished = [f"{r.info.run_name} {r.info.status}" for r in [parent, *children] if r.info.status != "FINISHED"]
+        if not_finished:
+            problems.append(f"experiment {name}: runs not FINISHED: {not_finished}")
+    return problems
+
+
+def stages_in_log(project: Path, name: str) -> list[str]:
+    import re
+
+    return re.findall(r"Running stage '(\w+)'", dvc(project, "queue", "logs", name))
+
+
+def one_round(project: Path, round_no: int, experiments: int, jobs: int, timeout: float) -> None:
+    started = time.time()
+    rates = {f"queue-{int(started)}-{i}": f"{0.0005 * (i + 1) + 0.0001 * round_no:.4f}" for i in range(experiments)}
+    for name, rate in rates.items():
+        dvc(project, "exp", "run", "--queue", "--name", name, "-S", f"head.learning_rate={rate}")
+    dvc(project, "queue", "start", "-j", str(jobs))
+    final = wait_for_queue(project, list(rates), timeout)
+    failed = [name for name, status in final.items() if status != "Success"]
+    if failed:
+        logs = "\n".join(f"--- {name}\n{dvc(project, 'queue', 'logs', name)[-3000:]}" for name in failed)
+        raise SystemExit(f"round {round_no}: experiments failed in DVC's queue: {failed}\n{logs}")
+    problems = check_records(rates, {name: stages_in_log(project, name) for name in rates})
+    if problems:
+        raise SystemExit(f"round {round_no}: " + "\n".join(problems))
+    print(f"round {round_no}: {experiments} experiments, {jobs} at a time, each its own MLflow parent run "
+          f"with its stages ({time.time() - started:.0f} s)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project", type=Path, default=Path.cwd())
+    parser.add_argument("--experiments", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--times", type=int, default=1, help="rounds of queue + check")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per round")
+    args = parser.parse_args()
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise SystemExit("MLFLOW_TRACKING_URI is not set: start the team's tracking server first "
+                         "(`eval \"$(make -s services)\"`); parallel experiments are checked where a team records them")
+    for round_no in range(1, args.times + 1):
+        one_round(args.project.resolve(), round_no, args.experiments, args.jobs, args.timeout)
+
+
+if __name__ == "__main__":
+    main()
