@@ -121,7 +121,7 @@ def one_round(project: Path, round_no: int, experiments: int, jobs: int, timeout
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, default=Path.cwd())
-    parser.add_argument("--experiments", type=int, default=3)
+    parser.add_argument("--experiments", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--times", type=int, default=1, help="rounds of queue + check")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per round")

@@ -275,13 +275,13 @@ def test_fresh_clone_pulls_every_output_and_repro_runs_nothing(project, pushed, 
 
 
 def test_queued_experiments_run_two_at_a_time_each_recorded_apart(project, pushed, services):
-    """scripts/check_queue.py: 3 queued experiments, `dvc queue start -j 2`, one parent run each on the server."""
-    out = sh([str(BIN / "python"), "scripts/check_queue.py", "--experiments", "3", "--jobs", "2"], project,
+    """scripts/check_queue.py: 4 queued experiments, `dvc queue start -j 2`, one parent run each on the server."""
+    out = sh([str(BIN / "python"), "scripts/check_queue.py", "--experiments", "4", "--jobs", "2"], project,
              services.client_env(), check=False, timeout=1500)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "round 1: 3 experiments, 2 at a time, each its own MLflow parent run" in out.stdout
+    assert "round 1: 4 experiments, 2 at a time, each its own MLflow parent run" in out.stdout
     listed = sh(["dvc", "exp", "list", "--name-only"], project, services.client_env()).stdout.split()
-    assert len([name for name in listed if name.startswith("queue-")]) == 3  # every experiment kept by DVC too
+    assert len([name for name in listed if name.startswith("queue-")]) == 4  # every experiment kept by DVC too
 
 
 def test_wrong_password_stops_with_one_line_naming_the_server(project, pushed, services, tmp_path):
