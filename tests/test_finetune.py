@@ -133,7 +133,8 @@ def test_interrupted_finetune_resumes_from_last_epoch(trained_head, capsys):
     params = FinetuneParams(strategy="top", blocks=2, epochs=3, patience=5, flip=False)
     with pytest.raises(KeyboardInterrupt):
         run_finetune(root, "resumed", params, tracker=StopAfterFirstEpoch())
-    state = json.loads((root / "ckpt-resumed" / "state.json").read_text())
+    (state_path,) = (root / "ckpt-resumed").glob("*/state.json")  # the run's own folder under the root
+    state = json.loads(state_path.read_text())
     assert state["epoch"] == 0 and len(state["history"]) == 1
     assert not (root / "resumed.keras").exists()  # nothing published from an unfinished run
     capsys.readouterr()
@@ -141,6 +142,7 @@ def test_interrupted_finetune_resumes_from_last_epoch(trained_head, capsys):
     assert "resuming after epoch 0" in capsys.readouterr().out
     assert result["epochs_run"] == 3
     assert pd.read_csv(root / "resumed.csv")["epoch"].tolist() == [0, 1, 2]
+    assert not (root / "ckpt-resumed").exists()  # cleared once published
 
 
 def test_nan_loss_stops_finetune_and_publishes_nothing(trained_head):
