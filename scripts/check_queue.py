@@ -4,11 +4,12 @@
     .venv/bin/python scripts/check_queue.py --times 3
 
 Each round queues `--experiments` experiments (`dvc exp run --queue -S
-head.learning_rate=...`, one value per experiment), starts `--jobs` queue
-workers (`dvc queue start -j`), waits for the queue to empty, then checks the
-tracking server: every experiment DVC ran has exactly one MLflow parent run,
-named after it and holding its own learning rate, whose child runs are the
-stages that ran in it, all FINISHED, and no child run belongs to two parents.
+<--param>=<value>`, another value per experiment; default head.learning_rate),
+starts `--jobs` queue workers (`dvc queue start -j`), waits for the queue to
+empty, then checks the tracking server: every experiment DVC ran has exactly
+one MLflow parent run, named after it and holding its own value, whose child
+runs are the stages that ran in it, all FINISHED, and no child run belongs to
+two parents.
 It exits 1 naming the experiment and what is wrong, else prints one line per
 round. The project (`--project`, default: here) must be a git repo whose
 dvc.lock is committed (the queue runs experiments from the last commit).
@@ -58,7 +59,7 @@ def wait_for_queue(project: Path, names: list[str], timeout: float) -> dict[str,
         time.sleep(3)
 
 
-def check_records(names_to_rates: dict[str, str], stages_ran: dict[str, list[str]]) -> list[str]:
+def check_records(param: str, names_to_values: dict[str, str], stages_ran: dict[str, list[str]]) -> list[str]:
     """What is wrong with the MLflow records of these experiments (nothing: an empty list)."""
     from mlflow.tracking import MlflowClient
 
@@ -69,22 +70,22 @@ def check_records(names_to_rates: dict[str, str], stages_ran: dict[str, list[str
     runs = client.search_runs([experiment.experiment_id], max_results=5000)
     problems: list[str] = []
     children_seen: dict[str, str] = {}
-    for name, rate in names_to_rates.items():
+    for name, value in names_to_values.items():
         parents = [r for r in runs if r.info.run_name == name and r.data.tags.get(STAGE_TAG) == "pipeline"]
         if len(parents) != 1:
             problems.append(f"experiment {name}: {len(parents)} MLflow parent runs, not 1")
             continue
         parent = parents[0]
-        if parent.data.params.get("head.learning_rate") != rate:
-            problems.append(f"experiment {name}: parent run has head.learning_rate "
-                            f"{parent.data.params.get('head.learning_rate')}, queued with {rate}")
+        if parent.data.params.get(param) != value:
+            problems.append(f"experiment {name}: parent run has {param} {parent.data.params.get(param)}, "
+                            f"queued with {value}")
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         for child in children:
             if child.info.run_id in children_seen:
                 problems.append(f"child run {child.info.run_id} in both {children_seen[child.info.run_id]} and {name}")
             children_seen[child.info.run_id] = name
-            if child.data.params.get("head.learning_rate", rate) != rate:
-                problems.append(f"experiment {name}: its {child.info.run_name} child has another learning rate")
+            if child.data.params.get(param, value) != value:
+                problems.append(f"experiment {name}: its {child.info.run_name} child has another {param}")
         ran = sorted(c.info.run_name for c in children if "transferkit.restored" not in c.data.tags)
         if ran != sorted(stages_ran[name]):
             problems.append(f"experiment {name}: child runs {ran}, but DVC ran {sorted(stages_ran[name])}")
@@ -100,18 +101,19 @@ def stages_in_log(project: Path, name: str) -> list[str]:
     return re.findall(r"Running stage '(\w+)'", dvc(project, "queue", "logs", name))
 
 
-def one_round(project: Path, round_no: int, experiments: int, jobs: int, timeout: float) -> None:
+def one_round(project: Path, param: str, round_no: int, experiments: int, jobs: int, timeout: float) -> None:
     started = time.time()
-    rates = {f"queue-{int(started)}-{i}": f"{0.0005 * (i + 1) + 0.0001 * round_no:.4f}" for i in range(experiments)}
-    for name, rate in rates.items():
-        dvc(project, "exp", "run", "--queue", "--name", name, "-S", f"head.learning_rate={rate}")
+    # Small distinct values (a rate, or a bar no model is below), never one an earlier round used.
+    values = {f"queue-{int(started)}-{i}": f"{0.0005 * (i + 1) + 0.0001 * round_no:.4f}" for i in range(experiments)}
+    for name, value in values.items():
+        dvc(project, "exp", "run", "--queue", "--name", name, "-S", f"{param}={value}")
     dvc(project, "queue", "start", "-j", str(jobs))
-    final = wait_for_queue(project, list(rates), timeout)
+    final = wait_for_queue(project, list(values), timeout)
     failed = [name for name, status in final.items() if status != "Success"]
     if failed:
         logs = "\n".join(f"--- {name}\n{dvc(project, 'queue', 'logs', name)[-3000:]}" for name in failed)
         raise SystemExit(f"round {round_no}: experiments failed in DVC's queue: {failed}\n{logs}")
-    problems = check_records(rates, {name: stages_in_log(project, name) for name in rates})
+    problems = check_records(param, values, {name: stages_in_log(project, name) for name in values})
     if problems:
         raise SystemExit(f"round {round_no}: " + "\n".join(problems))
     print(f"round {round_no}: {experiments} experiments, {jobs} at a time, each its own MLflow parent run "
@@ -121,6 +123,8 @@ def one_round(project: Path, round_no: int, experiments: int, jobs: int, timeout
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, default=Path.cwd())
+    parser.add_argument("--param", default="head.learning_rate",
+                        help="the params.yaml key each experiment sets to its own small value")
     parser.add_argument("--experiments", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--times", type=int, default=1, help="rounds of queue + check")
@@ -130,7 +134,7 @@ def main() -> None:
         raise SystemExit("MLFLOW_TRACKING_URI is not set: start the team's tracking server first "
                          "(`eval \"$(make -s services)\"`); parallel experiments are checked where a team records them")
     for round_no in range(1, args.times + 1):
-        one_round(args.project.resolve(), round_no, args.experiments, args.jobs, args.timeout)
+        one_round(args.project.resolve(), args.param, round_no, args.experiments, args.jobs, args.timeout)
 
 
 if __name__ == "__main__":
