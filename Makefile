@@ -17,7 +17,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test bench ui serve queue sweep lock clean services services-stop postgresql
+.PHONY: install run test bench ui serve queue sweep finetune-worker lock clean services services-stop postgresql
 
 install: $(STAMP)
 
@@ -77,6 +77,13 @@ sweep: install
 	dvc exp run --queue train_head $(SWEEP)
 	@$(MAKE) --no-print-directory queue
 	dvc exp show --no-pager --only-changed --sort-by metrics/train_head.json:val_accuracy --sort-order desc
+
+# Another worker of a multi-worker fine-tune (README "Fine-tuning on several machines"): the finetune
+# stage's command exactly as dvc.yaml has it, run with this shell's TF_CONFIG.
+finetune-worker: install
+	@test -n "$$TF_CONFIG" || { echo "finetune-worker: set TF_CONFIG (README: Fine-tuning on several machines)" >&2; exit 1; }
+	@$(BIN)/python -c "import subprocess, yaml; \
+	raise SystemExit(subprocess.run(yaml.safe_load(open('dvc.yaml'))['stages']['finetune']['cmd'], shell=True).returncode)"
 
 # Re-pin every transitive dependency after changing pyproject.toml.
 lock: install

@@ -79,14 +79,6 @@ def build_set(root: Path, per_class: int, seed: int) -> Path:
     return root / "manifest.csv"
 
 
-def bootstrap(correct, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    means = correct[rng.integers(0, len(correct), size=(resamples, len(correct)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def scratch_arm(manifest_path: Path, params, budget_seconds: float, seed: int) -> tuple:
     """Backbone (random init) + head, every layer and BatchNorm trained; whole epochs until the budget is spent."""
     import keras
@@ -228,10 +220,12 @@ def main() -> None:
             results["scratch (same network)"] = (correct, seconds, f"{epochs} epochs, every layer and BN trained")
         print()
         print(f"Fashion-MNIST, {args.per_class} labelled images per class, official 10,000 test images")
+        from transferkit.metrics import accuracy_interval
+
         print(f"| arm | test accuracy | 95% bootstrap | wall time | notes |")
         print(f"|---|---|---|---|---|")
         for name, (correct, seconds, notes) in results.items():
-            lo, hi = bootstrap(np.asarray(correct, dtype=np.float64))
+            lo, hi = accuracy_interval(correct)
             print(f"| {name} | {np.mean(correct):.4f} | {lo:.4f}-{hi:.4f} | {seconds / 60:.1f} min | {notes} |")
         print(f"anchors: {ANCHORS}")
         if "fine-tuning (auto)" in results:

@@ -16,13 +16,22 @@ def main() -> None:
                         help="checkpoint root: per-epoch checkpoints, a sub-folder per run, for resuming")
     args = parser.parse_args()
 
+    from transferkit.distributed import cluster_from_env
     from transferkit.files import write_json
     from transferkit.finetune import finetune
 
+    def run_finetune(params, tracker):
+        return finetune(args.manifest, args.embeddings, args.head, args.model, args.model_info, args.history,
+                        args.checkpoints, params.backbone, params.finetune, params.data.seed, tracker=tracker)
+
+    if not cluster_from_env().chief:  # another worker of a TF_CONFIG cluster: trains, writes and records nothing
+        from transferkit.config import load_params
+
+        run_finetune(load_params(args.params), None)
+        return
     params, tracking = stage.tracked("finetune", args)
     with tracking as run:
-        result = finetune(args.manifest, args.embeddings, args.head, args.model, args.model_info, args.history,
-                          args.checkpoints, params.backbone, params.finetune, params.data.seed, tracker=run)
+        result = run_finetune(params, run)
         write_json(args.metrics, result)
         recipe = result["recipe"]
         # What the recipe resolved to (auto fills the knobs left null), and why: beside finetune.* as set.
@@ -31,7 +40,6 @@ def main() -> None:
                         "published_why": result["published_why"][:6000]})
         run.log_metrics({k: v for k, v in result.items()
                          if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None})
-
 
 if __name__ == "__main__":
     stage.run(main, "finetune")

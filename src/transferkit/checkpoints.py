@@ -36,12 +36,14 @@ class Checkpointer:
     and match it.
     """
 
-    def __init__(self, root: Path, fingerprint: str, monitor: str, patience: int):
+    def __init__(self, root: Path, fingerprint: str, monitor: str, patience: int, writer: bool = True):
         """Checkpoints go to root/<first 16 hex digits of fingerprint>.
 
-        monitor: "val" ranks epochs by val accuracy, then lower val loss; "loss" by training loss."""
+        monitor: "val" ranks epochs by val accuracy, then lower val loss; "loss" by training loss.
+        writer: False on the workers of a multi-worker run other than the chief: they keep the same
+        state (so they stop at the same epoch) and read the chief's files, but write none."""
         self.folder = Path(root) / fingerprint[:FOLDER_DIGITS]
-        self.fingerprint, self.monitor, self.patience = fingerprint, monitor, patience
+        self.fingerprint, self.monitor, self.patience, self.writer = fingerprint, monitor, patience, writer
         self.state = {"fingerprint": fingerprint, "epoch": -1, "best": None, "best_epoch": None,
                       "wait": 0, "stopped": False, "history": []}
 
@@ -104,6 +106,8 @@ class Checkpointer:
             state["stopped"] = True
             model.stop_training = True
         state["epoch"] = epoch
+        if not self.writer:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.weights_path(epoch)) as tmp:
             model.save_weights(tmp)
@@ -121,6 +125,8 @@ class Checkpointer:
 
     def clear(self) -> None:
         """This run's folder; the root too once no other run's is left in it."""
+        if not self.writer:
+            return
         shutil.rmtree(self.folder, ignore_errors=True)
         try:
             self.folder.parent.rmdir()

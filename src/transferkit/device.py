@@ -47,6 +47,12 @@ def detect() -> DevicePlan:
     return plan_for([d.name for d in tf.config.list_physical_devices("GPU")])
 
 
+def gpu_count() -> int:
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
 def apply(plan: DevicePlan) -> None:
     """Set the global Keras dtype policy; call before building the model."""
     import keras

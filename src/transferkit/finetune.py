@@ -16,6 +16,10 @@
 4. Do no harm: the head on the frozen backbone is "epoch 0". The published
    model is the best on val (accuracy, then loss) among it and the
    fine-tuned epochs, and the summary says which and why.
+
+With several devices or workers (distributed.py: TF_CONFIG, or local GPUs)
+the training of step 3 runs under a tf.distribute strategy, on a twin of the
+model built in its scope; only the chief writes anything.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferkit import device
+from transferkit import device, distributed
 from transferkit.backbones import build_backbone, weights_fingerprint
 from transferkit.blocks import block_groups, depth_of_variables, set_trainable_blocks
 from transferkit.checkpoints import Checkpointer, run_fingerprint
@@ -82,9 +86,11 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
              tracker=None) -> dict:
     import keras
 
+    cluster = distributed.cluster_from_env()
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
     plan = device.detect()
+    strategy = distributed.make_strategy(cluster, gpus=device.gpu_count())  # before any other TensorFlow op
     device.apply(plan)
     seed_everything(seed)  # before building: weights "none" must match what extract used
     backbone = build_backbone(backbone_params.name, backbone_params.weights, backbone_params.image_size)
@@ -134,9 +140,25 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             "backbone": fingerprint, "params": params.model_dump(), "recipe": recipe.as_dict(),
             "image_size": backbone_params.image_size, "seed": seed, "policy": plan.policy,
         })
-        ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", params.patience)
-        _train(model, backbone, recipe, train, val, len(classes), backbone_params.image_size, params.batch_size,
-               seed, ckpt, tracker)
+        ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", params.patience,
+                            writer=cluster.chief)
+
+        def twin():  # the same model, built in the strategy's scope (variables on every device and worker)
+            seed_everything(seed)
+            return assemble(build_backbone(backbone_params.name, backbone_params.weights, backbone_params.image_size),
+                            keras.saving.load_model(head_path, safe_mode=True), backbone_params.image_size)
+
+        if strategy is None:
+            _train(model, backbone, recipe, train, val, len(classes), backbone_params.image_size, params.batch_size,
+                   seed, ckpt, tracker)
+        else:
+            with distributed.scope(strategy):
+                trained = twin()
+            print(f"finetune: worker {cluster.index} of {cluster.workers}, {strategy.num_replicas_in_sync} replicas, "
+                  f"global batch {params.batch_size}", flush=True)
+            _train(trained, trained.get_layer(backbone.name), recipe, train, val, len(classes),
+                   backbone_params.image_size, params.batch_size, seed, ckpt, tracker, strategy)
+            model.set_weights(trained.get_weights())
         history = ckpt.state["history"]
         best = next(h for h in history if h["epoch"] == ckpt.state["best_epoch"])
         summary.update(epochs_run=len(history), best_epoch=ckpt.state["best_epoch"],
@@ -158,6 +180,9 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
         summary["val_loss"] = summary["head_val_loss"] if published == "head" else summary["finetune_val_loss"]
     summary["recipe"] = recipe.as_dict()
 
+    if not cluster.chief:
+        print(f"finetune: worker {cluster.index} done; the chief (worker 0) writes the model", flush=True)
+        return summary
     info = ModelInfo(classes=classes, image_size=backbone_params.image_size, backbone=backbone_params.name,
                      backbone_weights_sha256=fingerprint)
     save_published(model, info, model_path, info_path)
@@ -168,14 +193,16 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
 
 
 def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_size: int, batch_size: int,
-           seed: int, ckpt: Checkpointer, tracker) -> None:
-    """Fit `model` by the recipe, resuming from `ckpt`; leaves the best epoch's weights in `model`."""
+           seed: int, ckpt: Checkpointer, tracker, strategy=None) -> None:
+    """Fit `model` by the recipe, resuming from `ckpt`; leaves the best epoch's weights in `model`
+    (on the chief: the other workers of a multi-worker run stop after the last epoch)."""
     import keras
     import tensorflow as tf
 
-    inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
-    augment = augmenter(recipe, seed)
-    trainer = keras.Model(inputs, model(augment(inputs) if augment else inputs), name="trainer")
+    with distributed.scope(strategy):
+        inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
+        augment = augmenter(recipe, seed)
+        trainer = keras.Model(inputs, model(augment(inputs) if augment else inputs), name="trainer")
     as_float = lambda images, labels: (tf.cast(images, tf.float32), tf.one_hot(labels, n_classes))  # noqa: E731
     train_ds = image_dataset(train["path"], image_size, batch_size, train["label_index"],
                              shuffle_seed=seed).map(as_float)
@@ -188,8 +215,9 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
         """Trainable blocks for `epoch`, then compile (after `trainable` changes, or they are ignored)."""
         names = set_trainable_blocks(backbone, recipe.blocks_at(epoch))
         offset = epoch * steps if recipe.strategy == "gradual" else 0  # a fresh optimizer continues the schedule
-        compile_finetune(trainer, make_optimizer(recipe, steps * recipe.epochs, depths, offset),
-                         recipe.label_smoothing)
+        with distributed.scope(strategy):
+            compile_finetune(trainer, make_optimizer(recipe, steps * recipe.epochs, depths, offset),
+                             recipe.label_smoothing)
         compiled_for[0] = recipe.blocks_at(epoch)
         print(f"finetune: epoch {epoch}: {len(names)} blocks trainable ({', '.join(names)}), BatchNorm frozen",
               flush=True)
@@ -198,7 +226,8 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
     first = 0
     if last >= 0:
         setup(last)  # compiled as when the checkpoint was written, so its optimizer state fits
-        first = ckpt.resume(trainer)
+        with distributed.scope(strategy):
+            first = ckpt.resume(trainer)
     callbacks = [nan_guard("finetune", "finetune.learning_rate"), ckpt.callback()]
     if tracker is not None:
         callbacks.append(tracker.keras_callback())
@@ -209,10 +238,16 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
             end += 1  # one fit() per phase of equal trainable blocks (keeps the optimizer state)
         if compiled_for[0] != recipe.blocks_at(epoch):
             setup(epoch)
-        trainer.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch, callbacks=callbacks,
-                    shuffle=False, verbose=2)  # tf.data shuffles itself
+        if distributed.uses_own_loop(strategy):
+            distributed.train_epochs(strategy, trainer, train_ds, val_ds, epoch, end, callbacks, batch_size,
+                                     recipe.label_smoothing)
+        else:
+            trainer.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch, callbacks=callbacks,
+                        shuffle=False, verbose=2)  # tf.data shuffles itself
         epoch = end
     best = ckpt.state["best_epoch"]
     if compiled_for[0] != recipe.blocks_at(best):
         setup(best)  # the optimizer state saved with the best epoch must fit
-    ckpt.restore_best(trainer)
+    if ckpt.writer:  # the other workers publish nothing (and the chief may already be clearing its files)
+        with distributed.scope(strategy):
+            ckpt.restore_best(trainer)

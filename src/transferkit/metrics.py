@@ -7,6 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def accuracy_interval(correct, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the accuracy, from one 0/1 (or bool) per test image."""
+    correct = np.asarray(correct, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = correct[rng.integers(0, len(correct), size=(resamples, len(correct)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """counts[i, j] = images of true class i predicted as class j."""
     counts = np.zeros((n_classes, n_classes), dtype=np.int64)
