@@ -143,7 +143,9 @@ def train_epochs(strategy, trainer, train_ds, val_ds, first: int, end: int, call
     lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
             tf.errors.CancelledError)
     try:
+        hooks.on_train_begin()
         _epochs(first, end, hooks, trainer, batches, val_ds, train_step, val_step)
+        hooks.on_train_end()
     except lost as error:  # a worker died or hung: the collectives were aborted
         detail = str(error).strip().splitlines()[0][:300]
         raise TransferkitError(f"the worker cluster lost a worker ({type(error).__name__}: {detail}); the chief's "

@@ -142,18 +142,15 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
         })
         ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", params.patience,
                             writer=cluster.chief)
-
-        def twin():  # the same model, built in the strategy's scope (variables on every device and worker)
-            seed_everything(seed)
-            return assemble(build_backbone(backbone_params.name, backbone_params.weights, backbone_params.image_size),
-                            keras.saving.load_model(head_path, safe_mode=True), backbone_params.image_size)
-
         if strategy is None:
             _train(model, backbone, recipe, train, val, len(classes), backbone_params.image_size, params.batch_size,
                    seed, ckpt, tracker)
         else:
-            with distributed.scope(strategy):
-                trained = twin()
+            with distributed.scope(strategy):  # a twin of the model, its variables on every device and worker
+                seed_everything(seed)
+                trained = assemble(build_backbone(backbone_params.name, backbone_params.weights,
+                                                  backbone_params.image_size),
+                                   keras.saving.load_model(head_path, safe_mode=True), backbone_params.image_size)
             print(f"finetune: worker {cluster.index} of {cluster.workers}, {strategy.num_replicas_in_sync} replicas, "
                   f"global batch {params.batch_size}", flush=True)
             _train(trained, trained.get_layer(backbone.name), recipe, train, val, len(classes),
