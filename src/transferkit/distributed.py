@@ -22,8 +22,10 @@ callbacks `fit` would (NaN guard, checkpoints, MLflow).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import re
 import sys
 import threading
 from contextlib import nullcontext
@@ -138,21 +140,33 @@ def train_epochs(strategy, trainer, train_ds, val_ds, first: int, end: int, call
         probs = trainer(images, training=False)
         return (tf.reduce_sum(per_example(labels, probs)), *counts(labels, probs))
 
+    @tf.function
+    def barrier():  # returns on every worker once all have reached it
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
     hooks = keras.callbacks.CallbackList(callbacks, model=trainer)
     trainer.stop_training = False
     lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
             tf.errors.CancelledError)
     try:
         hooks.on_train_begin()
-        _epochs(first, end, hooks, trainer, batches, val_ds, train_step, val_step)
+        _epochs(first, end, hooks, trainer, batches, val_ds, train_step, val_step, barrier)
         hooks.on_train_end()
     except lost as error:  # a worker died or hung: the collectives were aborted
-        detail = str(error).strip().splitlines()[0][:300]
-        raise TransferkitError(f"the worker cluster lost a worker ({type(error).__name__}: {detail}); the chief's "
-                               f"checkpoints are kept: start every worker again and they resume") from None
+        lines = [re.sub(r"\{\{[^}]*\}\}\s*", "", line).strip() for line in str(error).splitlines()]  # no op names
+        telling = [line for line in lines if re.search(r"abort|unhealthy|connect|deadline|timed out", line, re.I)]
+        detail = (telling or [line for line in lines if line] or [""])[0][:300]
+        kind = type(error).__name__
+    else:
+        return
+    # Free now what the failed step held (a TF ThreadPool left open by the aborted all-reduce): freed at
+    # interpreter exit instead, it prints a traceback after our one line.
+    gc.collect()
+    raise TransferkitError(f"the worker cluster lost a worker ({kind}: {detail}); the chief's "
+                           f"checkpoints are kept: start every worker again and they resume")
 
 
-def _epochs(first, end, hooks, trainer, batches, val_ds, train_step, val_step) -> None:
+def _epochs(first, end, hooks, trainer, batches, val_ds, train_step, val_step, barrier) -> None:
     for epoch in range(first, end):
         hooks.on_epoch_begin(epoch)
         loss_sum = hits = seen = 0.0
@@ -168,6 +182,7 @@ def _epochs(first, end, hooks, trainer, batches, val_ds, train_step, val_step) -
                 totals = [t + float(v) for t, v in zip(totals, val_step(images, labels))]
             logs.update(val_loss=totals[0] / max(totals[2], 1.0), val_accuracy=totals[1] / max(totals[2], 1.0))
         print(f"Epoch {epoch + 1}/{end} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
-        hooks.on_epoch_end(epoch, logs)
+        hooks.on_epoch_end(epoch, logs)  # the chief writes the epoch's checkpoint here
+        barrier()  # so no worker reads a checkpoint (to resume, or the best epoch) the chief has not committed
         if trainer.stop_training:
             break

@@ -191,8 +191,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
 
 def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_size: int, batch_size: int,
            seed: int, ckpt: Checkpointer, tracker, strategy=None) -> None:
-    """Fit `model` by the recipe, resuming from `ckpt`; leaves the best epoch's weights in `model`
-    (on the chief: the other workers of a multi-worker run stop after the last epoch)."""
+    """Fit `model` by the recipe, resuming from `ckpt`; leaves the best epoch's weights in `model`."""
     import keras
     import tensorflow as tf
 
@@ -245,6 +244,5 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
     best = ckpt.state["best_epoch"]
     if compiled_for[0] != recipe.blocks_at(best):
         setup(best)  # the optimizer state saved with the best epoch must fit
-    if ckpt.writer:  # the other workers publish nothing (and the chief may already be clearing its files)
-        with distributed.scope(strategy):
-            ckpt.restore_best(trainer)
+    with distributed.scope(strategy):  # on every worker: loading weights under the strategy is a collective
+        ckpt.restore_best(trainer)
