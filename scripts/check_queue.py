@@ -59,6 +59,14 @@ def wait_for_queue(project: Path, names: list[str], timeout: float) -> dict[str,
         time.sleep(3)
 
 
+def same_number(logged: str | None, queued: str) -> bool:
+    """MLflow logs params.yaml's value as YAML read it (0.0010 comes back as 0.001)."""
+    try:
+        return float(logged) == float(queued)
+    except (TypeError, ValueError):
+        return False
+
+
 def check_records(param: str, names_to_values: dict[str, str], stages_ran: dict[str, list[str]]) -> list[str]:
     """What is wrong with the MLflow records of these experiments (nothing: an empty list)."""
     from mlflow.tracking import MlflowClient
@@ -76,7 +84,7 @@ def check_records(param: str, names_to_values: dict[str, str], stages_ran: dict[
             problems.append(f"experiment {name}: {len(parents)} MLflow parent runs, not 1")
             continue
         parent = parents[0]
-        if parent.data.params.get(param) != value:
+        if not same_number(parent.data.params.get(param), value):
             problems.append(f"experiment {name}: parent run has {param} {parent.data.params.get(param)}, "
                             f"queued with {value}")
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -84,7 +92,7 @@ def check_records(param: str, names_to_values: dict[str, str], stages_ran: dict[
             if child.info.run_id in children_seen:
                 problems.append(f"child run {child.info.run_id} in both {children_seen[child.info.run_id]} and {name}")
             children_seen[child.info.run_id] = name
-            if child.data.params.get(param, value) != value:
+            if not same_number(child.data.params.get(param, value), value):
                 problems.append(f"experiment {name}: its {child.info.run_name} child has another {param}")
         ran = sorted(c.info.run_name for c in children if "transferkit.restored" not in c.data.tags)
         if ran != sorted(stages_ran[name]):
@@ -103,8 +111,8 @@ def stages_in_log(project: Path, name: str) -> list[str]:
 
 def one_round(project: Path, param: str, round_no: int, experiments: int, jobs: int, timeout: float) -> None:
     started = time.time()
-    # Small distinct values (a rate, or a bar no model is below), never one an earlier round used.
-    values = {f"queue-{int(started)}-{i}": f"{0.0005 * (i + 1) + 0.0001 * round_no:.4f}" for i in range(experiments)}
+    # Small distinct values (a rate, or a bar no model is below); each round its own.
+    values = {f"queue-{int(started)}-{i}": f"{0.0005 * (i + 1) + 0.00001 * round_no:.5f}" for i in range(experiments)}
     for name, value in values.items():
         dvc(project, "exp", "run", "--queue", "--name", name, "-S", f"{param}={value}")
     dvc(project, "queue", "start", "-j", str(jobs))

@@ -10,7 +10,10 @@
 
 `finetune.batch_size` is the global batch: each of N replicas computes
 batch_size / N examples of every step, and the gradients are summed across
-them, so the update is the one a single device would make on the whole batch.
+them, so the update is the one a single device would make on the whole batch,
+but for one thing: Keras clips each replica's gradient (finetune.clip_norm)
+before the sum, so with N replicas the summed gradient's norm can reach N
+times the clip.
 
 Keras 3.15's `fit` cannot train under MultiWorkerMirroredStrategy
 (keras-team/keras#20585 is open; measured here: its first-batch build reduces
@@ -104,6 +107,47 @@ def uses_own_loop(strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
+def _summed(strategy, values: list[float], replica_0_only: bool) -> list[float]:
+    """`values` summed over every replica of every worker (or global replica 0's alone), on every worker."""
+    import tensorflow as tf
+
+    local = tf.constant(values, tf.float64)
+
+    @tf.function
+    def reduce():
+        def contribution():
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            return local * tf.cast(tf.logical_or(not replica_0_only, tf.equal(replica, 0)), tf.float64)
+
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(contribution), axis=None)
+
+    return [float(v) for v in reduce().numpy()]
+
+
+def from_chief(strategy, values: list[float]) -> list[float]:
+    """The chief's `values` on every worker (global replica 0 is on the chief). Decisions taken from numbers
+    (early stopping, the best epoch) must be the same on every worker, or one of them leaves the loop while
+    another waits in a collective; numbers computed apart can differ in the last bit."""
+    return _summed(strategy, values, replica_0_only=True)
+
+
+def barrier(strategy) -> None:
+    """Returns on every worker once all have reached it."""
+    _summed(strategy, [0.0], replica_0_only=False)
+
+
+def check_same_run(strategy, run_fingerprint: str, first_epoch: int) -> None:
+    """Stop every worker, with one line, unless all train the same inputs from the same epoch (one
+    checkpoint folder that all reach): otherwise they would wait on each other's collectives forever."""
+    mine = [float(int(run_fingerprint[:12], 16)), float(first_epoch)]
+    chief = from_chief(strategy, mine)
+    if _summed(strategy, [float(mine != chief)], replica_0_only=False)[0]:
+        raise TransferkitError(
+            f"the workers do not train the same run: this one has inputs {run_fingerprint[:12]} from epoch "
+            f"{first_epoch}, the chief {int(chief[0]):012x} from epoch {int(chief[1])}. Give every worker the "
+            f"same params.yaml and `.venv/bin/dvc pull`ed inputs, and one checkpoint folder they all reach")
+
+
 def train_epochs(strategy, trainer, train_ds, val_ds, first: int, end: int, callbacks: list, global_batch: int,
                  label_smoothing: float) -> None:
     """Epochs first..end-1 of `trainer` (compiled, built in the strategy's scope), as `fit` would run them."""
@@ -140,17 +184,13 @@ def train_epochs(strategy, trainer, train_ds, val_ds, first: int, end: int, call
         probs = trainer(images, training=False)
         return (tf.reduce_sum(per_example(labels, probs)), *counts(labels, probs))
 
-    @tf.function
-    def barrier():  # returns on every worker once all have reached it
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
-
     hooks = keras.callbacks.CallbackList(callbacks, model=trainer)
     trainer.stop_training = False
     lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
             tf.errors.CancelledError)
     try:
         hooks.on_train_begin()
-        _epochs(first, end, hooks, trainer, batches, val_ds, train_step, val_step, barrier)
+        _epochs(strategy, first, end, hooks, trainer, batches, val_ds, train_step, val_step)
         hooks.on_train_end()
     except lost as error:  # a worker died or hung: the collectives were aborted
         lines = [re.sub(r"\{\{[^}]*\}\}\s*", "", line).strip() for line in str(error).splitlines()]  # no op names
@@ -166,7 +206,7 @@ def train_epochs(strategy, trainer, train_ds, val_ds, first: int, end: int, call
                            f"checkpoints are kept: start every worker again and they resume")
 
 
-def _epochs(first, end, hooks, trainer, batches, val_ds, train_step, val_step, barrier) -> None:
+def _epochs(strategy, first, end, hooks, trainer, batches, val_ds, train_step, val_step) -> None:
     for epoch in range(first, end):
         hooks.on_epoch_begin(epoch)
         loss_sum = hits = seen = 0.0
@@ -181,8 +221,9 @@ def _epochs(first, end, hooks, trainer, batches, val_ds, train_step, val_step, b
             for images, labels in val_ds:
                 totals = [t + float(v) for t, v in zip(totals, val_step(images, labels))]
             logs.update(val_loss=totals[0] / max(totals[2], 1.0), val_accuracy=totals[1] / max(totals[2], 1.0))
+        logs = dict(zip(logs, from_chief(strategy, list(logs.values()))))  # the chief's numbers, everywhere
         print(f"Epoch {epoch + 1}/{end} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
         hooks.on_epoch_end(epoch, logs)  # the chief writes the epoch's checkpoint here
-        barrier()  # so no worker reads a checkpoint (to resume, or the best epoch) the chief has not committed
+        barrier(strategy)  # so no worker reads a checkpoint (to resume, or the best epoch) not yet committed
         if trainer.stop_training:
             break

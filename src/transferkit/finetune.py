@@ -224,6 +224,8 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
         setup(last)  # compiled as when the checkpoint was written, so its optimizer state fits
         with distributed.scope(strategy):
             first = ckpt.resume(trainer)
+    if distributed.uses_own_loop(strategy):
+        distributed.check_same_run(strategy, ckpt.fingerprint, first)
     callbacks = [nan_guard("finetune", "finetune.learning_rate"), ckpt.callback()]
     if tracker is not None:
         callbacks.append(tracker.keras_callback())
@@ -244,5 +246,7 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
     best = ckpt.state["best_epoch"]
     if compiled_for[0] != recipe.blocks_at(best):
         setup(best)  # the optimizer state saved with the best epoch must fit
-    with distributed.scope(strategy):  # on every worker: loading weights under the strategy is a collective
+    with distributed.scope(strategy):  # on every worker: a re-compiled optimizer is built here, a collective
         ckpt.restore_best(trainer)
+    if distributed.uses_own_loop(strategy):
+        distributed.barrier(strategy)  # every worker has read the best epoch before the chief clears the folder

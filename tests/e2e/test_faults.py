@@ -220,14 +220,14 @@ def finetune_args(name: str) -> list[str]:
             f"plots/{name}.csv", "--metrics", f"metrics/{name}.json", "--checkpoints", f".checkpoints/{name}"]
 
 
-def start_workers(root: Path, name: str, ports: list[int]) -> list[tuple[subprocess.Popen, Path]]:
+def start_workers(root: Path, name: str, ports: list[int], attempt: str) -> list[tuple[subprocess.Popen, Path]]:
     """The finetune stage's command once per worker, each with its TF_CONFIG task index, logs to files."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     started = []
     for index in range(len(ports)):
-        log = root / f"{name}-worker{index}.log"
+        log = root / f"{name}-{attempt}-worker{index}.log"
         config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        with open(log, "a") as sink:
+        with open(log, "w") as sink:
             proc = subprocess.Popen(command(root, "finetune", *finetune_args(name)), cwd=root,
                                     env=environ(root, TF_CONFIG=config), stdout=sink, stderr=subprocess.STDOUT)
         started.append((proc, log))
@@ -248,7 +248,7 @@ def test_two_workers_resume_after_a_kill_and_train_as_well_as_one(trained_head):
     stage(root, "finetune", *finetune_args("one"))  # the 1-worker reference
     ports = [free_port(), free_port()]
     checkpoints = root / ".checkpoints" / "two"
-    (chief, chief_log), (other, other_log) = start_workers(root, "two", ports)
+    (chief, chief_log), (other, other_log) = start_workers(root, "two", ports, "killed")
     try:
         wait_for(lambda: any(checkpoints.glob("*/state.json")), chief, chief_log)
         kill(other)
@@ -264,7 +264,7 @@ def test_two_workers_resume_after_a_kill_and_train_as_well_as_one(trained_head):
     done = json.loads(state_path.read_text())["epoch"]
     assert not (root / "models" / "two.keras").exists()  # nothing published by the interrupted run
 
-    restarted = start_workers(root, "two", ports)
+    restarted = start_workers(root, "two", ports, "restarted")
     for proc, log in restarted:
         assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     chief_out, other_out = (log.read_text() for _, log in restarted)
