@@ -56,18 +56,13 @@ PORT ?= 5001
 serve: install
 	mlflow models serve -m models:/$(MODEL)/latest --env-manager local --host 127.0.0.1 --port $(PORT)
 
-# Run the experiments queued with `dvc exp run --queue`, JOBS at a time, and wait for them. Through
-# make because `dvc queue start` starts its workers as `dvc` from PATH (a fresh shell has none).
-# More than one job at a time wants the team's tracking server (eval "$$(make -s services)"):
-# the local mlflow.db is a single SQLite file.
+# Run the experiments queued with `dvc exp run --queue`, JOBS at a time, wait for them, and fail
+# naming any that failed (scripts/run_queue.py: `dvc queue start` alone starts its workers as `dvc`
+# from PATH, which a fresh shell has not). More than one job at a time wants the team's tracking
+# server (eval "$$(make -s services)"): the local mlflow.db is a single SQLite file.
 JOBS ?= 1
 queue: install
-	dvc queue start -j $(JOBS)
-	@sleep 5; while dvc queue status | grep -qE '(Queued|Running) *$$'; do \
-	  if dvc queue status | grep -q 'Worker status: 0 active, 0 idle'; then \
-	    echo "experiments are queued but no queue worker runs: make queue" >&2; exit 1; fi; \
-	  sleep 10; done
-	dvc queue status  # a Failed one: .venv/bin/dvc queue logs <name>
+	$(BIN)/python scripts/run_queue.py --jobs $(JOBS)
 
 # A grid over head settings on the cached embeddings: one queued experiment per combination, each
 # running only train_head (prepare and extract are restored from DVC's cache), then `make queue`

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import common
 import yaml
+
+from transferkit.executions import stages_run
 
 
 def run(command: list[str], cwd: Path, environ: dict) -> tuple[str, float]:
@@ -82,10 +83,6 @@ def main() -> None:
         common.ratio_line("rerun_after_head_change_fraction", ratio, "report", None)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def stages_run(log: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", log)
 
 
 if __name__ == "__main__":

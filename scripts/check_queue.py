@@ -19,44 +19,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-STAGE_TAG = "transferkit.stage"
-FINISHED_STATES = ("Success", "Failed")
-
-
-BIN = Path(sys.executable).parent  # the venv's dvc; `dvc queue start` spawns its workers as `dvc` from PATH
-
-
-def dvc(project: Path, *args: str, timeout: float = 600) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    out = subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True,
-                         timeout=timeout)
-    if out.returncode:
-        raise SystemExit(f"dvc {' '.join(args)} failed ({out.returncode}) in {project}:\n{out.stdout}{out.stderr}")
-    return out.stdout
-
-
-def queue_status(project: Path) -> list[dict]:
-    from dvc.repo import Repo
-
-    with Repo(str(project)) as repo:
-        return list(repo.experiments.celery_queue.status())
-
-
-def wait_for_queue(project: Path, names: list[str], timeout: float) -> dict[str, str]:
-    """experiment name -> final status (Success / Failed), once every one of `names` has one."""
-    deadline = time.time() + timeout
-    while True:
-        status = {task.get("name"): task["status"] for task in queue_status(project)}
-        if all(status.get(name) in FINISHED_STATES for name in names):
-            return {name: status[name] for name in names}
-        if time.time() > deadline:
-            raise SystemExit(f"the queue did not finish within {timeout:.0f} s: {status}")
-        time.sleep(3)
+from run_queue import dvc, start_and_wait  # scripts/run_queue.py, what `make queue` runs
+from transferkit.executions import STAGE_TAG, stages_run
 
 
 def same_number(logged: str | None, queued: str) -> bool:
@@ -104,9 +71,7 @@ def check_records(param: str, names_to_values: dict[str, str], stages_ran: dict[
 
 
 def stages_in_log(project: Path, name: str) -> list[str]:
-    import re
-
-    return re.findall(r"Running stage '(\w+)'", dvc(project, "queue", "logs", name))
+    return stages_run(dvc(project, "queue", "logs", name))
 
 
 def one_round(project: Path, param: str, round_no: int, experiments: int, jobs: int, timeout: float) -> None:
@@ -115,9 +80,8 @@ def one_round(project: Path, param: str, round_no: int, experiments: int, jobs: 
     values = {f"queue-{int(started)}-{i}": f"{0.0005 * (i + 1) + 0.00001 * round_no:.5f}" for i in range(experiments)}
     for name, value in values.items():
         dvc(project, "exp", "run", "--queue", "--name", name, "-S", f"{param}={value}")
-    dvc(project, "queue", "start", "-j", str(jobs))
-    final = wait_for_queue(project, list(values), timeout)
-    failed = [name for name, status in final.items() if status != "Success"]
+    final = start_and_wait(project, jobs, timeout)
+    failed = [name for name in values if final.get(name) != "Success"]
     if failed:
         logs = "\n".join(f"--- {name}\n{dvc(project, 'queue', 'logs', name)[-3000:]}" for name in failed)
         raise SystemExit(f"round {round_no}: experiments failed in DVC's queue: {failed}\n{logs}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,11 @@ STAGE_TAG = "transferkit.stage"
 RESTORED_TAG = "transferkit.restored"
 PARENT_TAG = "mlflow.parentRunId"
 LOCK_TAG = "dvc.lock.sha256"  # the parent run's source: the dvc.lock its stages left
+
+
+def stages_run(log: str) -> list[str]:
+    """The stages a `dvc repro` / `dvc exp run` / `dvc queue logs` output says ran, in order (not those restored)."""
+    return re.findall(r"Running stage '(\w+)'", log)
 
 
 def file_sha256(path: Path) -> str | None:

@@ -84,26 +84,21 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
              model_path: str | Path, info_path: str | Path, history_path: str | Path,
              checkpoint_dir: str | Path, backbone_params: BackboneParams, params: FinetuneParams, seed: int,
              tracker=None) -> dict:
-    import keras
-
     cluster = distributed.cluster_from_env()
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
     plan = device.detect()
     strategy = distributed.make_strategy(cluster, gpus=device.gpu_count())  # before any other TensorFlow op
     device.apply(plan)
-    seed_everything(seed)  # before building: weights "none" must match what extract used
-    backbone = build_backbone(backbone_params.name, backbone_params.weights, backbone_params.image_size)
+    backbone, head, model = _build(backbone_params, head_path, seed)
     fingerprint = weights_fingerprint(backbone)
     table = read_table(embeddings_path)
     used = table.spec["weights_sha256"]
     if used != fingerprint:
         raise TransferkitError(
             f"backbone.weights: the backbone built now differs from the one extract used "
-            f"({fingerprint[:12]} vs {used[:12]}); re-run extract: `dvc repro --force extract` "
-            f"(plain `dvc repro` does not see a weights file outside weights/ change)")
-    head = keras.saving.load_model(head_path, safe_mode=True)
-    model = assemble(backbone, head, backbone_params.image_size)
+            f"({fingerprint[:12]} vs {used[:12]}); re-run extract: `.venv/bin/dvc repro --force extract` "
+            f"(plain `.venv/bin/dvc repro` does not see a weights file outside weights/ change)")
 
     # 1. Facts. The head on the val embeddings is the frozen model on the val images (extract ran this backbone).
     train, val = split_of(manifest, "train"), split_of(manifest, "val")
@@ -147,10 +142,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
                    seed, ckpt, tracker)
         else:
             with distributed.scope(strategy):  # a twin of the model, its variables on every device and worker
-                seed_everything(seed)
-                trained = assemble(build_backbone(backbone_params.name, backbone_params.weights,
-                                                  backbone_params.image_size),
-                                   keras.saving.load_model(head_path, safe_mode=True), backbone_params.image_size)
+                _, _, trained = _build(backbone_params, head_path, seed)
             print(f"finetune: worker {cluster.index} of {cluster.workers}, {strategy.num_replicas_in_sync} replicas, "
                   f"global batch {params.batch_size}", flush=True)
             _train(trained, trained.get_layer(backbone.name), recipe, train, val, len(classes),
@@ -189,6 +181,16 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     return summary
 
 
+def _build(backbone_params: BackboneParams, head_path: str | Path, seed: int):
+    """(backbone, trained head, the two assembled on raw pixels)."""
+    import keras
+
+    seed_everything(seed)  # before building: weights "none" must match what extract used
+    backbone = build_backbone(backbone_params.name, backbone_params.weights, backbone_params.image_size)
+    head = keras.saving.load_model(head_path, safe_mode=True)
+    return backbone, head, assemble(backbone, head, backbone_params.image_size)
+
+
 def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_size: int, batch_size: int,
            seed: int, ckpt: Checkpointer, tracker, strategy=None) -> None:
     """Fit `model` by the recipe, resuming from `ckpt`; leaves the best epoch's weights in `model`."""
@@ -205,16 +207,17 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
     val_ds = image_dataset(val["path"], image_size, batch_size, val["label_index"]).map(as_float) if len(val) else None
     steps = math.ceil(len(train) / batch_size)
     depths = depth_of_variables(backbone)
-    compiled_for = [None]
+    compiled_for = None  # the trainable blocks `trainer` was last compiled for
 
     def setup(epoch: int) -> None:
         """Trainable blocks for `epoch`, then compile (after `trainable` changes, or they are ignored)."""
+        nonlocal compiled_for
         names = set_trainable_blocks(backbone, recipe.blocks_at(epoch))
         offset = epoch * steps if recipe.strategy == "gradual" else 0  # a fresh optimizer continues the schedule
         with distributed.scope(strategy):
             compile_finetune(trainer, make_optimizer(recipe, steps * recipe.epochs, depths, offset),
                              recipe.label_smoothing)
-        compiled_for[0] = recipe.blocks_at(epoch)
+        compiled_for = recipe.blocks_at(epoch)
         print(f"finetune: epoch {epoch}: {len(names)} blocks trainable ({', '.join(names)}), BatchNorm frozen",
               flush=True)
 
@@ -234,7 +237,7 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
         end = epoch + 1
         while end < recipe.epochs and recipe.blocks_at(end) == recipe.blocks_at(epoch):
             end += 1  # one fit() per phase of equal trainable blocks (keeps the optimizer state)
-        if compiled_for[0] != recipe.blocks_at(epoch):
+        if compiled_for != recipe.blocks_at(epoch):
             setup(epoch)
         if distributed.uses_own_loop(strategy):
             distributed.train_epochs(strategy, trainer, train_ds, val_ds, epoch, end, callbacks, batch_size,
@@ -244,7 +247,7 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
                         shuffle=False, verbose=2)  # tf.data shuffles itself
         epoch = end
     best = ckpt.state["best_epoch"]
-    if compiled_for[0] != recipe.blocks_at(best):
+    if compiled_for != recipe.blocks_at(best):
         setup(best)  # the optimizer state saved with the best epoch must fit
     with distributed.scope(strategy):  # on every worker: a re-compiled optimizer is built here, a collective
         ckpt.restore_best(trainer)

@@ -56,5 +56,5 @@ def load_published(model_path: str | Path, info_path: str | Path):
 
     for path in (model_path, info_path):
         if not Path(path).exists():
-            raise TransferkitError(f"{path}: not found; train a model first with `dvc repro`")
+            raise TransferkitError(f"{path}: not found; train a model first: `make run` (or `.venv/bin/dvc repro`)")
     return keras.saving.load_model(model_path, safe_mode=True), ModelInfo.from_json(info_path)

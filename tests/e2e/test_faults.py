@@ -151,11 +151,16 @@ def trained_head(workspace) -> Path:
     return workspace
 
 
+def finetune_args(name: str) -> list[str]:
+    """The finetune stage's arguments, its outputs named after `name`, its checkpoints under .checkpoints/<name>."""
+    return ["--manifest", "prepared/manifest.parquet", "--embeddings", "store.npz", "--head", "models/head.keras",
+            "--model", f"models/{name}.keras", "--model-info", f"models/{name}.json", "--history",
+            f"plots/{name}.csv", "--metrics", f"metrics/{name}.json", "--checkpoints", f".checkpoints/{name}"]
+
+
 def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head):
     root = trained_head
-    args = ["--manifest", "prepared/manifest.parquet", "--embeddings", "store.npz", "--head", "models/head.keras",
-            "--model", "models/model.keras", "--model-info", "models/model.json", "--history", "plots/finetune.csv",
-            "--metrics", "metrics/finetune.json", "--checkpoints", ".checkpoints/finetune"]
+    args = finetune_args("finetune")
     checkpoints = root / ".checkpoints" / "finetune"  # a sub-folder per run: exactly one here
 
     def state_written() -> bool:
@@ -171,7 +176,7 @@ def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head):
     state = json.loads(state_path.read_text())
     done = state["epoch"]
     assert 0 <= done < 3 and len(state["history"]) == done + 1
-    assert not (root / "models" / "model.keras").exists()  # nothing published by the killed run
+    assert not (root / "models" / "finetune.keras").exists()  # nothing published by the killed run
 
     rerun = stage(root, "finetune", *args)
     assert f"resuming after epoch {done}" in rerun.stdout
@@ -184,7 +189,7 @@ def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head):
         assert after["loss"] == before["loss"]
     import keras
 
-    assert keras.saving.load_model(root / "models" / "model.keras", safe_mode=True).output_shape == (None, 3)
+    assert keras.saving.load_model(root / "models" / "finetune.keras", safe_mode=True).output_shape == (None, 3)
     assert not checkpoints.exists()  # cleared once the model is published
 
 
@@ -213,12 +218,6 @@ def test_unreachable_tracking_server_not_required_warns_and_tracks_locally(works
 
 
 # Multi-worker fine-tuning: two worker processes on loopback, MultiWorkerMirroredStrategy from TF_CONFIG.
-
-def finetune_args(name: str) -> list[str]:
-    return ["--manifest", "prepared/manifest.parquet", "--embeddings", "store.npz", "--head", "models/head.keras",
-            "--model", f"models/{name}.keras", "--model-info", f"models/{name}.json", "--history",
-            f"plots/{name}.csv", "--metrics", f"metrics/{name}.json", "--checkpoints", f".checkpoints/{name}"]
-
 
 def start_workers(root: Path, name: str, ports: list[int], attempt: str) -> list[tuple[subprocess.Popen, Path]]:
     """The finetune stage's command once per worker, each with its TF_CONFIG task index, logs to files."""

@@ -35,7 +35,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from tiny_project import BIN, GIT, STAGES, commit_all, make_tiny_project, sh, stages_run
+from tiny_project import BIN, GIT, STAGES, commit_all, make_tiny_project, sh
+from transferkit.executions import stages_run
 
 pytestmark = pytest.mark.e2e
 SCRIPT = REPO / "scripts" / "services.sh"

@@ -3,7 +3,6 @@ a small image folder and small sizes in params.yaml, so the whole pipeline takes
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -32,10 +31,6 @@ def sh(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stdout[-4000:]}\n"
                              f"{out.stderr[-4000:]}")
     return out
-
-
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", output)
 
 
 def make_tiny_project(root: Path) -> Path:

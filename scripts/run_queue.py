@@ -1,0 +1,82 @@
+"""Run the experiments queued with `dvc exp run --queue`, --jobs at a time, and wait for them (`make queue`).
+
+`dvc queue start` starts its workers as `dvc` from PATH, which a fresh shell
+does not have (they then fail in the background, and dvc still says "Started
+1 worker"): this puts the venv's `dvc` first on PATH, starts the workers,
+waits until every experiment that was queued or running has finished, prints
+`dvc queue status`, and exits 1 naming the experiments that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent  # the venv's dvc
+WAITING = ("Queued", "Running")
+NO_WORKER_GRACE = 60  # s a worker may take to come up and take a task (1-5 s measured on 2 cores)
+
+
+def dvc(project: Path, *args: str, timeout: float = 600) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    if out.returncode:
+        raise SystemExit(f"dvc {' '.join(args)} failed ({out.returncode}) in {project}:\n{out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def queue_status(project: Path) -> dict[str, str]:
+    """experiment name (or task rev when unnamed) -> Queued / Running / Success / Failed."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return {task.get("name") or task["rev"]: task["status"] for task in repo.experiments.celery_queue.status()}
+
+
+def workers(project: Path) -> int:
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return len(repo.experiments.celery_queue.worker_status())
+
+
+def start_and_wait(project: Path, jobs: int, timeout: float = 24 * 3600) -> dict[str, str]:
+    """Start `jobs` workers; once every waiting experiment has finished: name -> Success / Failed."""
+    waiting = [name for name, status in queue_status(project).items() if status in WAITING]
+    dvc(project, "queue", "start", "-j", str(jobs))
+    started = time.time()
+    while True:
+        status = queue_status(project)
+        left = [name for name in waiting if status.get(name) in WAITING]
+        if not left:
+            return {name: status.get(name, "removed") for name in waiting}
+        if time.time() - started > timeout:
+            raise SystemExit(f"the queue did not finish within {timeout:.0f} s; still waiting: {', '.join(left)}")
+        if time.time() - started > NO_WORKER_GRACE and not workers(project):
+            raise SystemExit(f"no queue worker runs, yet {len(left)} experiments wait ({', '.join(left)}); "
+                             f"the workers' logs: {project / '.dvc' / 'tmp' / 'exps' / 'celery'}")
+        time.sleep(5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project", type=Path, default=Path.cwd())
+    parser.add_argument("--jobs", type=int, default=1, help="experiments at a time")
+    args = parser.parse_args()
+    project = args.project.resolve()
+    final = start_and_wait(project, args.jobs)
+    print(dvc(project, "queue", "status"), end="")
+    failed = [name for name, status in final.items() if status != "Success"]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(final)} experiments failed: {', '.join(failed)}; "
+                         f"see why with `.venv/bin/dvc queue logs <name>`")
+    print(f"{len(final)} experiments finished" if final else "no experiment was queued")
+
+
+if __name__ == "__main__":
+    main()
