@@ -147,6 +147,19 @@ def test_predict_on_new_images(project, first_run, env, tmp_path):
     assert len(as_json) == 1 and 0.0 <= as_json[0]["predictions"][0]["probability"] <= 1.0
 
 
+def wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Until `url` answers; fails with the server's log if it exits or takes longer than `timeout` s."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            assert server.poll() is None, f"the server exited ({server.returncode}):\n{log.read_text()[-3000:]}"
+            assert time.time() < deadline, f"{url} did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+
+
 def post_json(url: str, payload: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
     try:
@@ -170,19 +183,13 @@ def test_served_model_takes_image_files_and_answers_like_predict(project, first_
     port = free_port()
     line = readme_line('PATH="$PWD/.venv/bin:$PATH" .venv/bin/mlflow models serve').replace("--port 5001", f"--port {port}")
     assert f"--port {port}" in line
-    server = subprocess.Popen(["sh", "-c", line], cwd=project, env={**env, "PATH": system_path()},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as sink:
+        server = subprocess.Popen(["sh", "-c", line], cwd=project, env={**env, "PATH": system_path()},
+                                  stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-3000:]
-                assert time.time() < deadline, "the model server did not start"
-                time.sleep(1)
+        wait_until_up(f"{url}/ping", server, log, 180)
         images = [base64.b64encode(path.read_bytes()).decode() for path in (png, jpeg)]
         status, body = post_json(f"{url}/invocations", {"dataframe_records": [{"image": i} for i in images]})
         assert status == 200, body
@@ -218,21 +225,18 @@ def mlflow_server(tmp_path_factory, env):
     """A real MLflow tracking server on loopback, as a team would run."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    proc = subprocess.Popen(
-        ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = folder / "server.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
+             str(folder / "artifacts")], env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(1)
-    else:
+    try:
+        wait_until_up(f"{url}/health", proc, log, 120)
+    except AssertionError:
         proc.kill()
-        raise AssertionError("mlflow server did not start")
+        raise
     yield url
     proc.terminate()
     proc.wait(timeout=30)
