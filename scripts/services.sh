@@ -165,6 +165,9 @@ mlflow_ready() {
 }
 mlflow_start() {
   mkdir -p "$S/mlflow"
+  # MLflow checks the password on every request, and one check (werkzeug's scrypt) costs about 180 ms
+  # of CPU: auth_cache_ttl_seconds, MLflow's own option, remembers a login that passed for 60 s (one
+  # worker, so a password changed through the API applies at once; a wrong one is never cached).
   (umask 077
    cat > "$S/mlflow/basic_auth.ini" <<EOF
 [mlflow]
@@ -173,6 +176,7 @@ database_uri = postgresql+psycopg2://mlflow:$MLFLOW_DB_PASSWORD@127.0.0.1:$PG_PO
 admin_username = $MLFLOW_ADMIN_USER
 admin_password = $MLFLOW_ADMIN_PASSWORD
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
 EOF
   )
   if ! alive "$S/mlflow/pid"; then

@@ -42,7 +42,7 @@ def workspace(tmp_path_factory) -> Path:
     params = {
         "data": {"source": str(root / "images"), "val_fraction": 0.2, "test_fraction": 0.2},
         "backbone": {"image_size": 32},
-        "extract": {"batch_size": BATCH, "shard_size": SHARD},
+        "extract": {"batch_size": BATCH, "shard_size": SHARD, "runtime": "tensorflow"},  # as tiny_project.TINY
         "head": {"epochs": 5},
         "finetune": {"strategy": "top", "blocks": 2, "epochs": 4, "patience": 10, "batch_size": 8},
     }
@@ -158,27 +158,31 @@ def finetune_args(name: str) -> list[str]:
             f"plots/{name}.csv", "--metrics", f"metrics/{name}.json", "--checkpoints", f".checkpoints/{name}"]
 
 
-def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head):
+@pytest.fixture(scope="module")
+def killed_finetune(trained_head) -> tuple[dict, bool, subprocess.CompletedProcess]:
+    """One worker fine-tunes (4 epochs), is SIGKILLed once its first checkpoint is written, and runs again:
+    (the checkpoint state at the kill, whether a model was published before the rerun, the rerun)."""
     root = trained_head
-    args = finetune_args("finetune")
     checkpoints = root / ".checkpoints" / "finetune"  # a sub-folder per run: exactly one here
-
-    def state_written() -> bool:
-        return any(checkpoints.glob("*/state.json"))
-
     log = root / "finetune-killed.log"
     with open(log, "w") as sink:
-        proc = subprocess.Popen(command(root, "finetune", *args), cwd=root, env=environ(root),
+        proc = subprocess.Popen(command(root, "finetune", *finetune_args("finetune")), cwd=root, env=environ(root),
                                 stdout=sink, stderr=subprocess.STDOUT)
-    wait_for(state_written, proc, log)
+    wait_for(lambda: any(checkpoints.glob("*/state.json")), proc, log)
     kill(proc)
     (state_path,) = checkpoints.glob("*/state.json")
     state = json.loads(state_path.read_text())
+    published_by_killed = (root / "models" / "finetune.keras").exists()
+    return state, published_by_killed, stage(root, "finetune", *finetune_args("finetune"))
+
+
+def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head, killed_finetune):
+    root = trained_head
+    checkpoints = root / ".checkpoints" / "finetune"
+    state, published_by_killed, rerun = killed_finetune
     done = state["epoch"]
     assert 0 <= done < 3 and len(state["history"]) == done + 1
-    assert not (root / "models" / "finetune.keras").exists()  # nothing published by the killed run
-
-    rerun = stage(root, "finetune", *args)
+    assert not published_by_killed
     assert f"resuming after epoch {done}" in rerun.stdout
     # Keras numbers epochs from 1 in its log: the rerun trains only the epochs after the kill.
     trained = [int(n) for n in re.findall(r"^Epoch (\d+)/4", rerun.stdout, flags=re.M)]
@@ -233,10 +237,11 @@ def start_workers(root: Path, name: str, ports: list[int], attempt: str) -> list
     return started
 
 
-def test_two_workers_resume_after_a_kill_and_train_as_well_as_one(trained_head):
+def test_two_workers_resume_after_a_kill_and_train_as_well_as_one(trained_head, killed_finetune):
     """2 workers train; one is killed after the chief's first checkpoint: the chief stops with one line
     naming the failure; both restarted, they resume from the chief's checkpoint and finish; only the chief
-    wrote the model, whose test accuracy is inside the 1-worker model's 95% bootstrap interval."""
+    wrote the model, whose test accuracy is inside the 95% bootstrap interval of the 1-worker model's (the
+    same fine-tune on one worker, also killed once and resumed)."""
     from conftest import free_port
     from transferkit.inference import predict_files
     from transferkit.manifest import load_manifest, split_of
@@ -244,7 +249,6 @@ def test_two_workers_resume_after_a_kill_and_train_as_well_as_one(trained_head):
     from transferkit.published import load_published
 
     root = trained_head
-    stage(root, "finetune", *finetune_args("one"))  # the 1-worker reference
     ports = [free_port(), free_port()]
     checkpoints = root / ".checkpoints" / "two"
     (chief, chief_log), (other, other_log) = start_workers(root, "two", ports, "killed")
@@ -276,8 +280,8 @@ def test_two_workers_resume_after_a_kill_and_train_as_well_as_one(trained_head):
     test = split_of(load_manifest(root / "prepared" / "manifest.parquet"), "test")
     paths, labels = [str(root / p) for p in test["path"]], test["label_index"].to_numpy()
     correct = {}
-    for name in ("one", "two"):
+    for name in ("finetune", "two"):
         model, info = load_published(root / "models" / f"{name}.keras", root / "models" / f"{name}.json")
         correct[name] = predict_files(model, info, paths, 8).argmax(1) == labels
-    low, high = accuracy_interval(correct["one"])
-    assert low <= correct["two"].mean() <= high, (correct["one"].mean(), correct["two"].mean(), low, high)
+    low, high = accuracy_interval(correct["finetune"])
+    assert low <= correct["two"].mean() <= high, (correct["finetune"].mean(), correct["two"].mean(), low, high)

@@ -230,7 +230,8 @@ def mlflow_server(tmp_path_factory, env):
         proc = subprocess.Popen(
             ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
-             str(folder / "artifacts")], env=env, stdout=sink, stderr=subprocess.STDOUT)
+             str(folder / "artifacts")], env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as make services
+            stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{url}/health", proc, log, 120)

@@ -17,7 +17,9 @@ GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 TINY = {
     "data": {"source": "data/tiny", "val_fraction": 0.2, "test_fraction": 0.2},
     "backbone": {"image_size": 32},
-    "extract": {"batch_size": 16},
+    # The TensorFlow runtime: LiteRT would convert the backbone for every fresh store (about 20 s each, 6 times
+    # here); tests/test_extract.py runs the LiteRT path.
+    "extract": {"batch_size": 16, "runtime": "tensorflow"},
     "head": {"epochs": 8, "patience": 3},
     "finetune": {"strategy": "top", "blocks": 2, "epochs": 1, "batch_size": 16},
 }
