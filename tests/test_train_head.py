@@ -3,7 +3,7 @@ import pandas as pd
 
 from transferkit.config import HeadParams
 from transferkit.embeddings import write_table
-from transferkit.train_head import build_head, train_head
+from transferkit.train_head import build_head, standardiser, train_head
 from transferkit.training import class_weights
 
 
@@ -35,6 +35,19 @@ def write_fake_features(tmp_path, n_per_class=20, dim=16, seed=0, scale=1.0):
     pd.DataFrame(rows).to_parquet(manifest)
     write_table(tmp_path / "embeddings.npz", hashes, np.array(vectors, dtype=np.float32), {"key": "k"})
     return manifest
+
+
+def test_dimensions_constant_in_train_keep_unit_scale():
+    """Most ReLU units can be dead on the train images; one that wakes later must not be divided by ~0."""
+    features = np.zeros((40, 10), np.float32)
+    features[:, :3] = np.random.default_rng(0).normal(1.0, 0.5, (40, 3))  # 3 live units, 7 dead
+    features[0, 3] = 1e-4  # nearly constant
+    layer = standardiser(features, 10)
+    woken = np.ones((1, 10), np.float32)
+    out = np.asarray(layer(woken))[0]
+    assert np.allclose(out[3:], 1.0, atol=1e-3)  # (1 - ~0) / 1: unit scale, not (1 - 0) / tiny
+    assert np.allclose(out[:3], (1.0 - features[:, :3].mean(0)) / features[:, :3].std(0), rtol=1e-4)
+    assert np.allclose(np.asarray(standardiser(np.zeros((5, 4)), 4)(np.ones((1, 4))))[0], 1.0)  # all constant
 
 
 def test_train_head_learns_and_writes_outputs(tmp_path):
