@@ -42,6 +42,34 @@ def test_predict_prints_labels_and_skips_bad_files(tmp_path, capsys):
     assert [r["predictions"][0]["label"] for r in json.loads(capsys.readouterr().out)] == ["square", "circle"]
 
 
+def test_predict_prints_the_model_s_own_probabilities_on_either_runtime(tmp_path, capsys):
+    """No test-time flip unless asked, and --runtime is the runtime: a model that sees only the left half
+    of an image (red left, blue right) gives exactly its own probabilities."""
+    import keras
+    from PIL import Image
+
+    from transferkit.published import ModelInfo, save_published
+
+    inputs = keras.Input((32, 32, 3), name="image")
+    left = keras.layers.GlobalAveragePooling2D()(keras.layers.Cropping2D(((0, 0), (0, 16)))(inputs))
+    dense = keras.layers.Dense(3, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.Rescaling(1 / 255)(left)))
+    dense.set_weights([4 * np.eye(3, dtype=np.float32), np.zeros(3, np.float32)])
+    info = ModelInfo(classes=["red", "green", "blue"], image_size=32, backbone="left half",
+                     backbone_weights_sha256="0" * 64)
+    save_published(model, info, tmp_path / "m.keras", tmp_path / "m.json")
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[:, :16, 0] = pixels[:, 16:, 2] = 255
+    Image.fromarray(pixels).save(tmp_path / "red left.png")
+    expected = model.predict(pixels[None].astype(np.float32), verbose=0)[0]
+    assert expected[0] > 0.9  # red; the flipped image would say blue
+    for runtime in ("tensorflow", "litert"):
+        assert main(["predict", str(tmp_path / "red left.png"), "--model", str(tmp_path / "m.keras"), "--model-info",
+                     str(tmp_path / "m.json"), "--format", "json", "--top-k", "3", "--runtime", runtime]) == 0
+        got = {p["label"]: p["probability"] for p in json.loads(capsys.readouterr().out)[0]["predictions"]}
+        assert np.allclose([got[c] for c in info.classes], expected, atol=1e-5), (runtime, got, expected)
+
+
 def test_predict_without_a_model_is_one_clear_line(tmp_path, capsys):
     draw_example("square", 40, np.random.default_rng(1)).save(tmp_path / "x.png")
     assert main(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "none.keras"),

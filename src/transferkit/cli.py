@@ -62,7 +62,7 @@ def predict(args: argparse.Namespace) -> int:
     except TransferkitError as exc:
         print(f"transferkit predict: error: {exc}", file=sys.stderr)
         return 1
-    probs = predict_files(model, info, [str(p) for p in usable], args.batch_size, args.runtime)
+    probs = predict_files(model, info, [str(p) for p in usable], args.batch_size, runtime=args.runtime)
     results = [{"path": str(path), "predictions": [{**p, "probability": round(p["probability"], 6)} for p in ranked]}
                for path, ranked in zip(usable, top_k(probs, info.classes, args.top_k))]
     if args.format == "json":

@@ -59,7 +59,7 @@ def evaluate(manifest_path: str | Path, model, info: ModelInfo, outputs: Evaluat
     if test.empty:
         raise TransferkitError("data.test_fraction: the test split is empty; nothing to evaluate")
     classes = info.classes
-    views = predict_views(model, info, test["path"].tolist(), params.batch_size, params.tta, params.runtime)
+    views = predict_views(model, info, test["path"].tolist(), params.batch_size, tta=params.tta, runtime=params.runtime)
     probs = views[-1]
     y_true = test["label_index"].to_numpy()
     report = classification_report(probs, y_true, classes, params.calibration_bins)

@@ -16,7 +16,7 @@ from transferkit.datasets import decoded_batches, image_dataset
 from transferkit.published import ModelInfo
 
 
-def predict_files(model, info: ModelInfo, paths: Sequence[str], batch_size: int, tta: bool = False,
+def predict_files(model, info: ModelInfo, paths: Sequence[str], batch_size: int, *, tta: bool = False,
                   runtime: str = "tensorflow") -> np.ndarray:
     """(N, n_classes) float64 probabilities, row i for paths[i].
 
@@ -24,10 +24,10 @@ def predict_files(model, info: ModelInfo, paths: Sequence[str], batch_size: int,
     image (test-time augmentation; only for data whose labels a flip keeps).
     runtime "litert": the model converted to LiteRT (in memory, a few seconds) and run by its
     interpreter; the export stage's parity gate bounds how far that can differ from TensorFlow."""
-    return predict_views(model, info, paths, batch_size, tta, runtime)[-1]
+    return predict_views(model, info, paths, batch_size, tta=tta, runtime=runtime)[-1]
 
 
-def predict_views(model, info: ModelInfo, paths: Sequence[str], batch_size: int, tta: bool,
+def predict_views(model, info: ModelInfo, paths: Sequence[str], batch_size: int, *, tta: bool,
                   runtime: str = "tensorflow") -> tuple[np.ndarray, ...]:
     """(plain,) or, with tta, (plain, flipped, their mean): each (N, n_classes) float64."""
     paths = [str(p) for p in paths]
