@@ -38,8 +38,10 @@ pg_bin() {
   [ -n "$d" ] && [ -x "$d/initdb" ] || die "PostgreSQL server binaries not found: apt-get install -y postgresql"
   echo "$d"
 }
-# initdb/postgres refuse to run as root: run them as the 'postgres' user when we are root.
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# initdb/postgres refuse to run as root: run them as the 'postgres' user when we are root
+# (runuser lives in /usr/sbin, which a root shell need not have on PATH).
+RUNUSER=$(PATH="$PATH:/usr/sbin:/sbin" command -v runuser || echo runuser)
+as_pg() { if [ "$(id -u)" = 0 ]; then "$RUNUSER" -u postgres -- "$@"; else "$@"; fi; }
 
 wait_for() { # wait_for NAME CMD...   (polls every 0.2 s up to WAIT_SECS)
   local name=$1 t0=$SECONDS; shift
@@ -78,7 +80,7 @@ pg_start() {
   mkdir -p "$S/pg"
   if [ "$(id -u)" = 0 ]; then
     chown postgres:postgres "$S/pg"; chmod 700 "$S/pg"
-    runuser -u postgres -- test -x "$S/pg" ||
+    as_pg test -x "$S/pg" ||
       die "user postgres cannot reach $S/pg (a parent dir lacks o+x, e.g. /root is 0700). Use SERVICES_DIR under /tmp or /work, or: setfacl -m u:postgres:x <each parent>"
   fi
   local fresh=0
