@@ -13,6 +13,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,9 +22,12 @@ WAITING = ("Queued", "Running")
 NO_WORKER_GRACE = 60  # s a worker may take to come up and take a task (1-5 s measured on 2 cores)
 
 
+def venv_env() -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def dvc(project: Path, *args: str, timeout: float = 600) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    out = subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True,
+    out = subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=venv_env(), capture_output=True, text=True,
                          timeout=timeout)
     if out.returncode:
         raise SystemExit(f"dvc {' '.join(args)} failed ({out.returncode}) in {project}:\n{out.stdout}{out.stderr}")
@@ -48,7 +52,16 @@ def workers(project: Path) -> int:
 def start_and_wait(project: Path, jobs: int, timeout: float = 24 * 3600) -> dict[str, str]:
     """Start `jobs` workers; once every waiting experiment has finished: name -> Success / Failed."""
     waiting = [name for name, status in queue_status(project).items() if status in WAITING]
-    dvc(project, "queue", "start", "-j", str(jobs))
+    # Not through pipes: the workers dvc leaves running inherit its stdout and stderr, so reading them
+    # to the end would wait until the last experiment has finished.
+    with tempfile.TemporaryFile("w+") as log:
+        start = subprocess.run([str(BIN / "dvc"), "queue", "start", "-j", str(jobs)], cwd=project, env=venv_env(),
+                               stdout=log, stderr=subprocess.STDOUT, timeout=600)
+        log.seek(0)
+        said = log.read()
+    if start.returncode:
+        raise SystemExit(f"dvc queue start failed ({start.returncode}) in {project}:\n{said}")
+    print(said.strip(), flush=True)
     started = time.time()
     while True:
         status = queue_status(project)
