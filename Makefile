@@ -47,7 +47,7 @@ UI_URL := http://127.0.0.1:5000/\#/experiments?workflowType=machine_learning
 ui: install
 	@echo "MLflow UI: $(UI_URL)"
 	@$(BIN)/python -c "import time, webbrowser; time.sleep(4); webbrowser.open('$(UI_URL)')" >/dev/null 2>&1 &
-	# Without MLflow 3's job runner: 4 more processes (about 1 GB) for GenAI features transferkit does not use.
+	@# Without MLflow 3's job runner: 4 more processes (about 1 GB) for GenAI features transferkit does not use.
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 # The registered model (tracking.registered_model), latest version, on this machine only:
@@ -71,8 +71,9 @@ queue: install
 SWEEP ?= -S head.learning_rate=0.0003,0.001,0.003 -S head.hidden_units=0,256
 sweep: install
 	dvc exp run --queue train_head $(SWEEP)
-	@$(MAKE) --no-print-directory queue
-	dvc exp show --no-pager --only-changed --sort-by metrics/train_head.json:val_accuracy --sort-order desc
+	@$(MAKE) --no-print-directory queue; failed=$$?; \
+	dvc exp show --no-pager --only-changed --sort-by metrics/train_head.json:val_accuracy --sort-order desc; \
+	exit $$failed
 
 # Another worker of a multi-worker fine-tune (README "Fine-tuning on several machines"): the finetune
 # stage's command exactly as dvc.yaml has it, run with this shell's TF_CONFIG.

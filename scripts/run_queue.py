@@ -34,12 +34,15 @@ def dvc(project: Path, *args: str, timeout: float = 600) -> str:
     return out.stdout
 
 
-def queue_status(project: Path) -> dict[str, str]:
-    """experiment name (or task rev when unnamed) -> Queued / Running / Success / Failed."""
+def queue_status(project: Path) -> dict[str, tuple[str, str]]:
+    """task rev -> (experiment name, or the rev when unnamed; Queued / Running / Success / Failed).
+
+    Keyed by rev: a failed experiment queued again under its name is a second task."""
     from dvc.repo import Repo
 
     with Repo(str(project)) as repo:
-        return {task.get("name") or task["rev"]: task["status"] for task in repo.experiments.celery_queue.status()}
+        return {task["rev"]: (task.get("name") or task["rev"][:7], task["status"])
+                for task in repo.experiments.celery_queue.status()}
 
 
 def workers(project: Path) -> int:
@@ -51,7 +54,9 @@ def workers(project: Path) -> int:
 
 def start_and_wait(project: Path, jobs: int, timeout: float = 24 * 3600) -> dict[str, str]:
     """Start `jobs` workers; once every waiting experiment has finished: name -> Success / Failed."""
-    waiting = [name for name, status in queue_status(project).items() if status in WAITING]
+    waiting = [rev for rev, (_, status) in queue_status(project).items() if status in WAITING]
+    if not waiting:
+        return {}
     # Not through pipes: the workers dvc leaves running inherit its stdout and stderr, so reading them
     # to the end would wait until the last experiment has finished.
     with tempfile.TemporaryFile("w+") as log:
@@ -62,15 +67,19 @@ def start_and_wait(project: Path, jobs: int, timeout: float = 24 * 3600) -> dict
     if start.returncode:
         raise SystemExit(f"dvc queue start failed ({start.returncode}) in {project}:\n{said}")
     print(said.strip(), flush=True)
-    started = time.time()
+    started, no_worker_seen = time.time(), 0
     while True:
         status = queue_status(project)
-        left = [name for name in waiting if status.get(name) in WAITING]
+        left = [status[rev][0] for rev in waiting if status.get(rev, ("", ""))[1] in WAITING]
         if not left:
-            return {name: status.get(name, "removed") for name in waiting}
+            return {status[rev][0] if rev in status else rev[:7]: status.get(rev, ("", "removed"))[1]
+                    for rev in waiting}
         if time.time() - started > timeout:
             raise SystemExit(f"the queue did not finish within {timeout:.0f} s; still waiting: {', '.join(left)}")
-        if time.time() - started > NO_WORKER_GRACE and not workers(project):
+        # A busy worker can miss celery's 1 s ping, and the last one stops itself once the queue is empty:
+        # give up only after three readings 5 s apart with no worker and experiments still waiting.
+        no_worker_seen = no_worker_seen + 1 if time.time() - started > NO_WORKER_GRACE and not workers(project) else 0
+        if no_worker_seen >= 3:
             raise SystemExit(f"no queue worker runs, yet {len(left)} experiments wait ({', '.join(left)}); "
                              f"the workers' logs: {project / '.dvc' / 'tmp' / 'exps' / 'celery'}")
         time.sleep(5)

@@ -40,8 +40,12 @@ pg_bin() {
 }
 # initdb/postgres refuse to run as root: run them as the 'postgres' user when we are root
 # (runuser lives in /usr/sbin, which a root shell need not have on PATH).
-RUNUSER=$(PATH="$PATH:/usr/sbin:/sbin" command -v runuser || echo runuser)
-as_pg() { if [ "$(id -u)" = 0 ]; then "$RUNUSER" -u postgres -- "$@"; else "$@"; fi; }
+RUNUSER=$(PATH="$PATH:/usr/sbin:/sbin" command -v runuser || true)
+as_pg() {
+  if [ "$(id -u)" != 0 ]; then "$@"; return; fi
+  [ -n "$RUNUSER" ] || die "runuser (util-linux) is missing: as root, PostgreSQL must run as the postgres user"
+  "$RUNUSER" -u postgres -- "$@"
+}
 
 wait_for() { # wait_for NAME CMD...   (polls every 0.2 s up to WAIT_SECS)
   local name=$1 t0=$SECONDS; shift

@@ -23,13 +23,15 @@ def predict_files(model, info: ModelInfo, paths: Sequence[str], batch_size: int,
     tta: the mean of the predictions for each image and its left-right mirror
     image (test-time augmentation; only for data whose labels a flip keeps).
     runtime "litert": the model converted to LiteRT (in memory, a few seconds) and run by its
-    interpreter; the export stage's parity gate bounds how far that can differ from TensorFlow."""
+    interpreter (tests/test_inference.py checks it against TensorFlow)."""
     return predict_views(model, info, paths, batch_size, tta=tta, runtime=runtime)[-1]
 
 
 def predict_views(model, info: ModelInfo, paths: Sequence[str], batch_size: int, *, tta: bool,
                   runtime: str = "tensorflow") -> tuple[np.ndarray, ...]:
     """(plain,) or, with tta, (plain, flipped, their mean): each (N, n_classes) float64."""
+    if runtime not in ("tensorflow", "litert"):
+        raise ValueError(f"runtime {runtime!r}: expected 'tensorflow' or 'litert'")
     paths = [str(p) for p in paths]
     if runtime == "litert":
         run = runtimes.litert_runner(runtimes.to_litert(model))
