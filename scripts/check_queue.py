@@ -76,8 +76,12 @@ def stages_in_log(project: Path, name: str) -> list[str]:
 
 def one_round(project: Path, param: str, round_no: int, experiments: int, jobs: int, timeout: float) -> None:
     started = time.time()
-    # Small distinct values (a rate, or a bar no model is below); each round its own.
-    values = {f"queue-{int(started)}-{i}": f"{0.0005 * (i + 1) + 0.00001 * round_no:.5f}" for i in range(experiments)}
+    # Small distinct values (a rate, or a bar no model is below), new on every round of every invocation:
+    # an experiment whose params DVC has run before is restored from its run-cache, no stage runs, and
+    # nothing is recorded in MLflow.
+    token = int(started) % 9973 * 1e-9  # under the 2e-5 between rounds
+    values = {f"queue-{int(started)}-{i}": f"{0.0005 * (i + 1) + 0.00002 * round_no + token:.9f}"
+              for i in range(experiments)}
     for name, value in values.items():
         dvc(project, "exp", "run", "--queue", "--name", name, "-S", f"{param}={value}")
     final = start_and_wait(project, jobs, timeout)
