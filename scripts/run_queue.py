@@ -54,8 +54,8 @@ def workers(project: Path) -> int:
 
 def start_and_wait(project: Path, jobs: int, timeout: float = 24 * 3600) -> dict[str, str]:
     """Start `jobs` workers; once every waiting experiment has finished: name -> Success / Failed."""
-    waiting = [rev for rev, (_, status) in queue_status(project).items() if status in WAITING]
-    if not waiting:
+    names = {rev: name for rev, (name, status) in queue_status(project).items() if status in WAITING}
+    if not names:
         return {}
     # Not through pipes: the workers dvc leaves running inherit its stdout and stderr, so reading them
     # to the end would wait until the last experiment has finished.
@@ -70,10 +70,10 @@ def start_and_wait(project: Path, jobs: int, timeout: float = 24 * 3600) -> dict
     started, no_worker_seen = time.time(), 0
     while True:
         status = queue_status(project)
-        left = [status[rev][0] for rev in waiting if status.get(rev, ("", ""))[1] in WAITING]
+        now = {rev: status[rev][1] if rev in status else "removed" for rev in names}
+        left = [names[rev] for rev, state in now.items() if state in WAITING]
         if not left:
-            return {status[rev][0] if rev in status else rev[:7]: status.get(rev, ("", "removed"))[1]
-                    for rev in waiting}
+            return {names[rev]: state for rev, state in now.items()}
         if time.time() - started > timeout:
             raise SystemExit(f"the queue did not finish within {timeout:.0f} s; still waiting: {', '.join(left)}")
         # A busy worker can miss celery's 1 s ping, and the last one stops itself once the queue is empty:
