@@ -4,7 +4,8 @@
 does not have (they then fail in the background, and dvc still says "Started
 1 worker"): this puts the venv's `dvc` first on PATH, starts the workers,
 waits until every experiment that was queued or running has finished, prints
-`dvc queue status`, and exits 1 naming the experiments that failed.
+`dvc queue status`, and exits 1 naming the experiments that failed. An
+experiment left `Running` by a worker that died is first marked failed.
 """
 
 from __future__ import annotations
@@ -52,9 +53,39 @@ def workers(project: Path) -> int:
         return len(repo.experiments.celery_queue.worker_status())
 
 
+def any_worker(project: Path, readings: int = 3) -> bool:
+    """A busy worker can miss celery's 1 s ping: no answer to `readings` pings 5 s apart means no worker."""
+    for reading in range(readings):
+        if workers(project):
+            return True
+        if reading < readings - 1:
+            time.sleep(5)
+    return False
+
+
+def fail_orphans(project: Path, status: dict[str, tuple[str, str]]) -> None:
+    """Mark failed the experiments shown Running that no worker runs: their worker died (killed, or the
+    machine restarted), and DVC would show them Running for ever (treeverse/dvc#8702)."""
+    running = {rev for rev, (_, state) in status.items() if state == "Running"}
+    if not running or any_worker(project):
+        return
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        queue = repo.experiments.celery_queue
+        # What `dvc queue kill` does for a task whose process is gone, without signalling a pid that may
+        # since belong to another process.
+        queue._mark_inactive_tasks_failure({entry: entry.stash_rev for entry in queue.iter_active()
+                                            if entry.stash_rev in running})
+    names = ", ".join(sorted(status[rev][0] for rev in running))
+    print(f"marked failed: {names} (shown Running, but no worker runs them: their worker was stopped or the "
+          f"machine restarted); queue them again with `.venv/bin/dvc exp run --queue -S ...`", flush=True)
+
+
 def start_and_wait(project: Path, jobs: int, timeout: float = 24 * 3600) -> dict[str, str]:
     """Start `jobs` workers; once every waiting experiment has finished: name -> Success / Failed."""
-    names = {rev: name for rev, (name, status) in queue_status(project).items() if status in WAITING}
+    fail_orphans(project, queue_status(project))
+    names = {rev: name for rev, (name, state) in queue_status(project).items() if state in WAITING}
     if not names:
         return {}
     # Not through pipes: the workers dvc leaves running inherit its stdout and stderr, so reading them

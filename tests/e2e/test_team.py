@@ -288,6 +288,41 @@ def test_queued_experiments_run_two_at_a_time_each_recorded_apart(project, pushe
     assert len([name for name in listed if name.startswith("queue-")]) == 4  # every experiment kept by DVC too
 
 
+def test_an_experiment_whose_worker_died_is_marked_failed_and_does_not_block_the_queue(project, pushed, services):
+    """A worker killed mid-experiment (or a restart) leaves DVC showing the experiment Running for ever
+    (treeverse/dvc#8702); `make queue` (scripts/run_queue.py) marks it failed and says so instead of waiting."""
+    import psutil
+
+    env = services.client_env()
+    sh(["dvc", "exp", "run", "--queue", "--name", "orphan", "-S", "evaluate.min_accuracy=0.0123"], project, env)
+    with open(os.devnull, "w") as devnull:  # the worker inherits its output: not a pipe (see run_queue.py)
+        subprocess.run([str(BIN / "dvc"), "queue", "start", "-j", "1"], cwd=project, env=env, stdout=devnull,
+                       stderr=devnull, check=True, timeout=300)
+
+    def status() -> str:
+        rows = sh(["dvc", "queue", "status"], project, env).stdout.splitlines()
+        return next((row.split()[-1] for row in rows if " orphan " in row), "absent")
+
+    deadline = time.time() + 300
+    while status() != "Running":
+        assert time.time() < deadline, f"the experiment never started: {status()}"
+        time.sleep(1)
+    celery = project / ".dvc" / "tmp" / "exps"
+    pids = [int(path.read_text()) for path in (celery / "celery").glob("dvc-exp-worker-*.pid")]
+    pids += [json.loads(path.read_text())["pid"] for path in (celery / "run").glob("*/*.json")]
+    doomed = [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
+    doomed += [child for process in doomed for child in process.children(recursive=True)]
+    for process in doomed:
+        process.kill()
+    psutil.wait_procs(doomed, timeout=30)
+
+    out = sh([str(BIN / "python"), "scripts/run_queue.py"], project, env, check=False, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "marked failed: orphan (shown Running, but no worker runs them" in out.stdout, out.stdout
+    assert "no experiment was queued" in out.stdout
+    assert status() == "Failed"
+
+
 def test_wrong_password_stops_with_one_line_naming_the_server(project, pushed, services, tmp_path):
     out = train_head_by_hand(project, services, tmp_path, required=True, MLFLOW_TRACKING_PASSWORD="not-the-password")
     assert out.returncode == 1
