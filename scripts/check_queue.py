@@ -8,8 +8,8 @@ Each round queues `--experiments` experiments (`dvc exp run --queue -S
 starts `--jobs` queue workers (`dvc queue start -j`), waits for the queue to
 empty, then checks the tracking server: every experiment DVC ran has exactly
 one MLflow parent run, named after it and holding its own value, whose child
-runs are the stages that ran in it, all FINISHED, and no child run belongs to
-two parents.
+runs are the stages that ran in it, all FINISHED, no child run belongs to
+two parents, and with `--jobs` > 1 at least two parent runs overlap in time.
 It exits 1 naming the experiment and what is wrong, else prints one line per
 round. The project (`--project`, default: here) must be a git repo whose
 dvc.lock is committed (the queue runs experiments from the last commit).
@@ -34,7 +34,18 @@ def same_number(logged: str | None, queued: str) -> bool:
         return False
 
 
-def check_records(param: str, names_to_values: dict[str, str], stages_ran: dict[str, list[str]]) -> list[str]:
+def most_at_once(spans: list[tuple[int, int]]) -> int:
+    """The most (start, end) spans open at one instant."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def check_records(param: str, names_to_values: dict[str, str], stages_ran: dict[str, list[str]],
+                  jobs: int) -> list[str]:
     """What is wrong with the MLflow records of these experiments (nothing: an empty list)."""
     from mlflow.tracking import MlflowClient
 
@@ -45,12 +56,14 @@ def check_records(param: str, names_to_values: dict[str, str], stages_ran: dict[
     runs = client.search_runs([experiment.experiment_id], max_results=5000)
     problems: list[str] = []
     children_seen: dict[str, str] = {}
+    spans: list[tuple[int, int]] = []
     for name, value in names_to_values.items():
         parents = [r for r in runs if r.info.run_name == name and r.data.tags.get(STAGE_TAG) == "pipeline"]
         if len(parents) != 1:
             problems.append(f"experiment {name}: {len(parents)} MLflow parent runs, not 1")
             continue
         parent = parents[0]
+        spans.append((parent.info.start_time, parent.info.end_time or parent.info.start_time))
         if not same_number(parent.data.params.get(param), value):
             problems.append(f"experiment {name}: parent run has {param} {parent.data.params.get(param)}, "
                             f"queued with {value}")
@@ -67,6 +80,8 @@ def check_records(param: str, names_to_values: dict[str, str], stages_ran: dict[
         not_finished = [f"{r.info.run_name} {r.info.status}" for r in [parent, *children] if r.info.status != "FINISHED"]
         if not_finished:
             problems.append(f"experiment {name}: runs not FINISHED: {not_finished}")
+    if jobs > 1 and len(spans) > 1 and most_at_once(spans) < 2:
+        problems.append(f"the experiments ran one at a time (their parent runs never overlap), not {jobs} at a time")
     return problems
 
 
@@ -89,7 +104,7 @@ def one_round(project: Path, param: str, round_no: int, experiments: int, jobs: 
     if failed:
         logs = "\n".join(f"--- {name}\n{dvc(project, 'queue', 'logs', name)[-3000:]}" for name in failed)
         raise SystemExit(f"round {round_no}: experiments failed in DVC's queue: {failed}\n{logs}")
-    problems = check_records(param, values, {name: stages_in_log(project, name) for name in values})
+    problems = check_records(param, values, {name: stages_in_log(project, name) for name in values}, jobs)
     if problems:
         raise SystemExit(f"round {round_no}: " + "\n".join(problems))
     print(f"round {round_no}: {experiments} experiments, {jobs} at a time, each its own MLflow parent run "
