@@ -67,12 +67,14 @@ queue: install
 
 # A grid over head settings on the cached embeddings: one queued experiment per combination, each
 # running only train_head (prepare and extract are restored from DVC's cache), then `make queue`
-# and the experiments, best val accuracy first.
+# and the experiments, best val accuracy first (a Markdown table: `dvc exp show` cuts its columns to
+# 80 characters when its output is not a terminal).
 SWEEP ?= -S head.learning_rate=0.0003,0.001,0.003 -S head.hidden_units=0,256
 sweep: install
 	dvc exp run --queue train_head $(SWEEP)
 	@$(MAKE) --no-print-directory queue; failed=$$?; \
-	dvc exp show --no-pager --only-changed --sort-by metrics/train_head.json:val_accuracy --sort-order desc; \
+	dvc exp show --no-pager --only-changed --md --drop 'Created|Executor|State' \
+		--sort-by metrics/train_head.json:val_accuracy --sort-order desc; \
 	exit $$failed
 
 # Another worker of a multi-worker fine-tune (README "Fine-tuning on several machines"): the finetune
