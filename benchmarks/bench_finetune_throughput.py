@@ -6,6 +6,11 @@ side by side: the rounds interleave the sides and the medians are compared.
 A backward pass costs about twice a forward, so about 0.33 is the physical
 expectation.
 
+Each round times every step on its own (a callback inside one fit() call for
+training, each call for the forward) and keeps the median step: a fit() call
+now and then pays a stall of several seconds (a retrace or a thread-pool
+wake-up), which, spread over a whole call, halved some rounds' figures.
+
 Sides:
 - forward: the model's forward pass in a tf.function (training=False);
 - before issue 9: the fine-tune trainer as main had it (every layer but
@@ -15,7 +20,7 @@ Sides:
 - recipe, no augmentation: the same without the random transforms (what
   the augmentation layers cost).
 
-    python benchmarks/bench_finetune_throughput.py [--image-size 128] [--batch 32] [--steps 6] [--rounds 3]
+    python benchmarks/bench_finetune_throughput.py [--image-size 128] [--batch 32] [--steps 12] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=6, help="training steps (batches) per measurement")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps (batches) per side and round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     common.header("fine-tuning throughput: training images/s (every block trainable) / forward images/s")
@@ -74,10 +79,12 @@ def main() -> None:
     forward(images)
 
     def forward_rate() -> float:
-        start = time.perf_counter()
+        times = []
         for _ in range(args.steps):
+            start = time.perf_counter()
             forward(images).numpy()
-        return args.steps * batch / (time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
+        return batch / common.median(times)
 
     # before issue 9: every layer but BatchNorm trainable, Adam, flip/translate/zoom
     old_backbone, old_model = make_model()
@@ -102,11 +109,20 @@ def main() -> None:
     new, bare = recipe_trainer(True), recipe_trainer(False)
     new_data = tf.data.Dataset.from_tensors((images, tf.one_hot(labels, n_classes))).repeat()
 
+    class StepTimes(keras.callbacks.Callback):
+        """The wall time of every step after the first (which includes starting the epoch)."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append(time.perf_counter())
+
     def train_rate(trainer, data):
         def run() -> float:
-            start = time.perf_counter()
-            trainer.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0)
-            return args.steps * batch / (time.perf_counter() - start)
+            timer = StepTimes()
+            trainer.fit(data, steps_per_epoch=args.steps + 1, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
+            return batch / common.median(list(np.diff(timer.ends)))
         return run
 
     sides = {"forward": forward_rate, "before": train_rate(old, old_data), "recipe": train_rate(new, new_data),

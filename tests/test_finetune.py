@@ -10,8 +10,9 @@ import pytest
 from transferkit.backbones import build_backbone
 from transferkit.config import BackboneParams, ExtractParams, FinetuneParams, HeadParams
 from transferkit.extract import extract
-from transferkit.finetune import finetune
+from transferkit.finetune import augmenter, finetune
 from transferkit.images import load_rgb
+from transferkit.recipe import Facts, resolve
 from transferkit.train_head import train_head
 
 BACKBONE = BackboneParams(name="efficientnet_lite0", weights="imagenet", image_size=32)
@@ -80,6 +81,18 @@ def test_gradual_unfreezes_whole_blocks_from_the_top_and_never_moves_batchnorm(t
     meta = json.loads((root / "gradual.json").read_text())
     assert meta["classes"] == ["circle", "square", "triangle"] and meta["image_size"] == 32
     assert not (root / "ckpt-gradual").exists()  # cleared once the model is published
+
+
+def test_random_erasing_patches_every_training_image_and_leaves_inference_alone():
+    recipe = resolve(FinetuneParams(strategy="full", flip=False, translate=0.0, zoom=0.0, erase=1.0),
+                     Facts(100, 0.5, 18), lambda: None)
+    images = np.full((16, 32, 32, 3), 100.0, np.float32)
+    erased = np.asarray(augmenter(recipe, SEED)(images, training=True))
+    share = (erased != 100.0).mean(axis=(1, 2, 3))
+    assert (share > 0.01).all() and (share < 0.5).all()  # a patch of 2-33% of the area in every image
+    assert np.array_equal(np.asarray(augmenter(recipe, SEED)(images, training=False)), images)
+    default = resolve(FinetuneParams(strategy="full", flip=False), Facts(100, 0.5, 18), lambda: None)
+    assert default.erase == 0.0 and augmenter(default, SEED).layers[-1].name != "random_erasing"
 
 
 def published_matches_backbone_plus_head(root, name):

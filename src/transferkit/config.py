@@ -116,6 +116,8 @@ class FinetuneParams(Section):
     flip: bool | None = Field(None, description="random left-right flip; null: kept only if it does not hurt on val")
     translate: float | None = Field(None, ge=0.0, lt=1.0, description="random shift, fraction of the side")
     zoom: float | None = Field(None, ge=0.0, lt=1.0, description="random zoom, fraction of the side")
+    erase: float | None = Field(None, ge=0.0, le=1.0,
+                                description="random erasing: share of training images with a noise patch")
     batch_size: int = Field(32, ge=1)
     patience: int = Field(3, ge=1, description="epochs without val improvement before stopping")
 

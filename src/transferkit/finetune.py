@@ -58,6 +58,8 @@ def augmenter(recipe: Recipe, seed: int):
                                                      seed=seed + 1))
     if recipe.zoom:
         layers.append(keras.layers.RandomZoom(recipe.zoom, fill_mode="nearest", seed=seed + 2))
+    if recipe.erase:  # a patch of 2-33% of the area, filled with noise (Zhong et al., 2017)
+        layers.append(keras.layers.RandomErasing((recipe.erase, recipe.erase), seed=seed + 3))
     return keras.Sequential(layers, name="augment") if layers else None
 
 

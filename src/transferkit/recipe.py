@@ -16,8 +16,9 @@ data falls in (the README shows the same table):
 
 Every case then gets: warmup over the first 10% of the steps, cosine decay
 to zero, AdamW (weight decay 0.01), label smoothing 0.1, global gradient-norm
-clip 1.0, random translation and zoom of 10%, and the left-right flip only if
-it costs the head less than 3 points of val accuracy on flipped val images.
+clip 1.0, random translation and zoom of 10%, no random erasing, and the
+left-right flip only if it costs the head less than 3 points of val accuracy
+on flipped val images.
 Budgets are epochs, never wall time, so a run is the same on any machine.
 """
 
@@ -39,7 +40,7 @@ CASES = {
     "large_different": ("full", 1.0, 4, 5e-4, 0.85),
 }
 SHARED = {"warmup": 0.1, "weight_decay": 0.01, "label_smoothing": 0.1, "clip_norm": 1.0,
-          "translate": 0.1, "zoom": 0.1}
+          "translate": 0.1, "zoom": 0.1, "erase": 0.0}
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Recipe:
     flip: bool
     translate: float
     zoom: float
+    erase: float
     case: str
     reasons: list[str] = field(default_factory=list)
 
