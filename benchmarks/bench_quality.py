@@ -23,6 +23,11 @@ MobileNet 0.950.
 
     python benchmarks/bench_quality.py --per-class 600    # 10% of the labels (510 train + 90 val)
     python benchmarks/bench_quality.py --per-class 100
+    python benchmarks/bench_quality.py --source data/sample --arms feature,auto --set data.seed=1
+
+With `--source`, the arms run on that folder or manifest instead (the test
+split is prepare's, so `data.seed` draws it too): the embedded sample's
+accuracy across seeds.
 """
 
 from __future__ import annotations
@@ -139,8 +144,10 @@ def main() -> None:
     parser.add_argument("--scratch-seconds", type=float,
                         help="scratch arm budget without running the auto arm (default: the auto arm's wall time)")
     parser.add_argument("--store", type=Path, help="embedding store to share between runs (default: in --work)")
+    parser.add_argument("--source", type=Path, help="a folder or manifest instead of Fashion-MNIST (--per-class unused)")
     args = parser.parse_args()
-    common.header(f"quality on Fashion-MNIST, {args.per_class} labelled images per class")
+    what = str(args.source) if args.source else f"Fashion-MNIST, {args.per_class} labelled images per class"
+    common.header(f"quality on {what}")
 
     import numpy as np
     import yaml
@@ -162,15 +169,15 @@ def main() -> None:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
         raw[section][name] = yaml.safe_load(value)
-    raw["data"]["source"] = str(work / "data" / "manifest.csv")
+    raw["data"]["source"] = str((args.source or work / "data" / "manifest.csv").resolve())
     params = parse_params(raw)
     print("params:", json.dumps({k: raw[k] for k in ("backbone", "head", "finetune")}), flush=True)
     arms = args.arms.split(",")
     results: dict[str, tuple] = {}
     try:
         start = time.perf_counter()
-        manifest_csv = work / "data" / "manifest.csv"
-        if not manifest_csv.exists():
+        manifest_csv = Path(raw["data"]["source"])
+        if not args.source and not manifest_csv.exists():
             build_set(work / "data", args.per_class, args.seed)
         made = time.perf_counter() - start
         print(f"data set written in {made:.0f} s (not counted in any arm)", flush=True)
@@ -219,7 +226,8 @@ def main() -> None:
                                                       params.data.seed)
             results["scratch (same network)"] = (correct, seconds, f"{epochs} epochs, every layer and BN trained")
         print()
-        print(f"Fashion-MNIST, {args.per_class} labelled images per class, official 10,000 test images")
+        print(f"{what}, {len(test)} test images" if args.source
+              else f"{what}, official 10,000 test images")
         from transferkit.metrics import accuracy_interval
 
         print(f"| arm | test accuracy | 95% bootstrap | wall time | notes |")
@@ -227,7 +235,8 @@ def main() -> None:
         for name, (correct, seconds, notes) in results.items():
             lo, hi = accuracy_interval(correct)
             print(f"| {name} | {np.mean(correct):.4f} | {lo:.4f}-{hi:.4f} | {seconds / 60:.1f} min | {notes} |")
-        print(f"anchors: {ANCHORS}")
+        if not args.source:
+            print(f"anchors: {ANCHORS}")
         if "fine-tuning (auto)" in results:
             gain = np.mean(results["fine-tuning (auto)"][0]) - np.mean(results["feature extraction"][0])
             print(f"fine-tuning over feature extraction: {gain * 100:+.2f} points (target >= +3 at 600 per class)")
@@ -236,7 +245,8 @@ def main() -> None:
             common.ratio_line("transfer_minus_scratch_points", gap * 100, ">= 10 at 100 per class", gap >= 0.10)
         elif "fine-tuning (auto)" in results:
             acc = float(np.mean(results["fine-tuning (auto)"][0]))
-            common.ratio_line("auto_test_accuracy", acc, ">= 0.93 at 600 per class", acc >= 0.93)
+            bar, where = (0.85, "(make run's bar on the sample)") if args.source else (0.93, "at 600 per class")
+            common.ratio_line("auto_test_accuracy", acc, f">= {bar} {where}", acc >= bar)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

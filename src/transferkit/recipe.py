@@ -9,8 +9,8 @@ data falls in (the README shows the same table):
 
 | case (per class, head val accuracy) | strategy | blocks      | epochs | rate | layer decay |
 |-------------------------------------|----------|-------------|--------|------|-------------|
-| small (< 1000) and similar (>= 0.90) | head     | none        | 0      |      |             |
-| small and different (< 0.90)         | top      | 2/3 of them | 6      | 5e-4 | 0.80        |
+| small (< 1000) and similar (>= 0.95) | head     | none        | 0      |      |             |
+| small and different (< 0.95)         | top      | 2/3 of them | 6      | 5e-4 | 0.80        |
 | large (>= 1000) and similar          | top      | 1/3 of them | 4      | 2e-4 | 0.90        |
 | large and different                  | full     | all         | 4      | 5e-4 | 0.85        |
 
@@ -29,7 +29,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 SMALL_PER_CLASS = 1000  # fewer labelled (train) images per class than this: "small"
-SIMILAR_ACCURACY = 0.90  # head val accuracy on the frozen features at least this: "similar"
+# Head val accuracy on the frozen features at least this: "similar", and the head alone is published. Below
+# it, fine-tuning has errors left to fix: Fashion-MNIST at 224 px scored 0.894 on val through the head, and
+# fine-tuning still bought 3.7 points on test (benchmarks/README.md); "do no harm" keeps the head when a
+# fine-tune does not pay, so a fine-tune too many costs epochs, a head-only call too many costs accuracy.
+SIMILAR_ACCURACY = 0.95
 FLIP_TOLERANCE = 0.03  # a flip that costs the head more val accuracy than this changes what images mean
 
 CASES = {
