@@ -62,7 +62,7 @@ class DataParams(Section):
 class BackboneParams(Section):
     name: Literal[BACKBONE_NAMES] = "efficientnet_lite0"  # type: ignore[valid-type]
     weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a .weights.h5 file")
-    image_size: int = Field(128, ge=32, le=1024, description="pixels (square); images are resized to it")
+    image_size: int = Field(160, ge=32, le=1024, description="pixels (square); images are resized to it")
 
     @field_validator("weights")
     @classmethod
