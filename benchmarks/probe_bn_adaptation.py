@@ -1,0 +1,86 @@
+"""Probe: do BatchNorm statistics re-estimated on the user's images (AdaBN) make better frozen features?
+
+AdaBN is the cheapest domain adaptation there is: run the training images through
+the backbone in training mode once, so each BatchNormalization layer's moving
+mean and variance become the target data's, then keep everything frozen. On
+Fashion-MNIST (grey 28x28 clothes, far from ImageNet) it would be the obvious
+thing to try before fine-tuning. This script measures it before it is built:
+a logistic-regression probe (standardised embeddings, C in 0.01/0.05/0.2) on
+the 10% set's 5,100 train images, scored on its 900 val images and 3,000 of
+the official test images, first with ImageNet's statistics, then with the
+adapted ones (the exact mean over the train images: momentum k/(k+1) at batch k).
+
+Not part of `make bench`: it backs a decision recorded in benchmarks/README.md.
+
+    python benchmarks/probe_bn_adaptation.py --image-size 160
+"""
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: F401  (quiet TensorFlow start-up)
+from bench_quality import build_set
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--work", type=Path, help="keep the images here (default: a temporary folder)")
+    args = parser.parse_args()
+
+    import keras
+    import numpy as np
+    import pandas as pd
+    import tensorflow as tf
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from transferkit.backbones import build_backbone
+    from transferkit.datasets import decoded_batches
+
+    root = args.work or Path(tempfile.mkdtemp(prefix="probe-bn-"))
+    if not (root / "manifest.csv").exists():
+        build_set(root, per_class=600, seed=0)
+    manifest = pd.read_csv(root / "manifest.csv")
+    classes = {name: i for i, name in enumerate(sorted(manifest["label"].unique()))}
+    manifest["y"] = manifest["label"].map(classes)
+    train, val = (manifest[manifest["split"] == s] for s in ("train", "val"))
+    test = manifest[manifest["split"] == "test"].sample(3000, random_state=0)
+    size = args.image_size
+    backbone = build_backbone(args.backbone, "imagenet", size)
+
+    def paths(frame):
+        return [str(root / p) for p in frame["path"]]
+
+    def probe(tag: str) -> float:
+        forward = tf.function(lambda x: backbone(tf.cast(x, tf.float32), training=False))
+        start = time.perf_counter()
+        train_x, val_x, test_x = (np.concatenate([forward(b).numpy() for b in decoded_batches(paths(f), size, 64)])
+                                  for f in (train, val, test))
+        scaler = StandardScaler().fit(train_x)
+        best = 0.0
+        for c in (0.01, 0.05, 0.2):
+            fit = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(train_x), train["y"])
+            val_acc = fit.score(scaler.transform(val_x), val["y"])
+            test_acc = fit.score(scaler.transform(test_x), test["y"])
+            print(f"{tag}, C={c}: val {val_acc:.4f}, test (3,000) {test_acc:.4f}", flush=True)
+            best = max(best, test_acc)
+        print(f"  embeddings {time.perf_counter() - start:.0f} s", flush=True)
+        return best
+
+    before = probe("ImageNet BN statistics")
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    start = time.perf_counter()
+    for k, batch in enumerate(decoded_batches(paths(train.sample(frac=1, random_state=0)), size, 64)):
+        for layer in norms:
+            layer.momentum = k / (k + 1.0)  # a running mean over every batch so far, not a decay
+        backbone(tf.cast(batch, tf.float32), training=True)
+    print(f"adapted {len(norms)} BatchNormalization layers in {time.perf_counter() - start:.0f} s", flush=True)
+    after = probe("adapted BN statistics")
+    print(f"AdaBN minus ImageNet statistics, best test accuracy: {100 * (after - before):+.1f} points")
+
+
+if __name__ == "__main__":
+    main()
