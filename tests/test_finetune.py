@@ -126,6 +126,7 @@ def test_a_finetune_that_hurts_on_val_publishes_the_head(trained_head, monkeypat
     root = trained_head
     result = run_finetune(root, "wrecked", FinetuneParams(strategy="full", epochs=1, flip=False))
     assert result["published"] == "head" and "no fine-tuned epoch beats the head" in result["published_why"]
+    assert "(best: epoch 1/1," in result["published_why"]  # numbered as Keras prints it, not from 0
     assert result["val_accuracy"] == result["head_val_accuracy"]
     published_matches_backbone_plus_head(root, "wrecked")
 

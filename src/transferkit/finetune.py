@@ -154,15 +154,16 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
         best = next(h for h in history if h["epoch"] == ckpt.state["best_epoch"])
         summary.update(epochs_run=len(history), best_epoch=ckpt.state["best_epoch"],
                        finetune_val_accuracy=best.get("val_accuracy"), finetune_val_loss=best.get("val_loss"))
+        numbered = f"{best['epoch'] + 1}/{len(history)}"  # as Keras prints it ("Epoch 5/6"); best_epoch counts from 0
         if not len(val):
             published, why = "finetuned", "no val split to compare on: the fine-tuned model (lowest training loss)"
         elif ckpt.rank(best) > ckpt.rank({"val_accuracy": head_accuracy, "val_loss": summary["head_val_loss"]}):
             published = "finetuned"
-            why = (f"fine-tuned epoch {best['epoch']} beats the head on val: accuracy {best['val_accuracy']:.4f} "
+            why = (f"fine-tuned epoch {numbered} beats the head on val: accuracy {best['val_accuracy']:.4f} "
                    f"vs {head_accuracy:.4f}")
         else:
             model.set_weights(initial)
-            why = (f"no fine-tuned epoch beats the head on val (best: epoch {best['epoch']}, accuracy "
+            why = (f"no fine-tuned epoch beats the head on val (best: epoch {numbered}, accuracy "
                    f"{best['val_accuracy']:.4f} vs {head_accuracy:.4f}): publishing the head on the frozen backbone")
     print(f"finetune: published {published}: {why}", flush=True)
     summary.update(published=published, published_why=why)
