@@ -113,7 +113,7 @@ def test_head_strategy_publishes_backbone_plus_head(trained_head):
 
 
 def test_a_finetune_that_hurts_on_val_publishes_the_head(trained_head, monkeypatch):
-    """Do no harm: fine-tuned epochs that are worse on val lose to "epoch 0", the head on the frozen backbone."""
+    """Do no harm: fine-tuned epochs that are worse on val lose to the head on the frozen backbone."""
     import transferkit.finetune as module
 
     def harmful_training(model, backbone, recipe, train, val, n_classes, image_size, batch_size, seed, ckpt, tracker):

@@ -13,9 +13,10 @@
    every epoch writes a checkpoint (checkpoints.py) a rerun resumes from. A
    resumed run continues the same training but is not bit-identical: tf.data's
    shuffle order restarts in the new process.
-4. Do no harm: the head on the frozen backbone is "epoch 0". The published
-   model is the best on val (accuracy, then loss) among it and the
-   fine-tuned epochs, and the summary says which and why.
+4. Do no harm: the head on the frozen backbone competes with the fine-tuned
+   epochs as if it were one more epoch before them. The published model is
+   the best on val (accuracy, then loss) among them, and the summary says
+   which and why.
 
 With several devices or workers (distributed.py: TF_CONFIG, or local GPUs)
 the training of step 3 runs under a tf.distribute strategy, on a twin of the
@@ -130,7 +131,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     ckpt = None
     published, why = "head", "strategy head: the head on the frozen backbone, no fine-tuning"
     if recipe.strategy != "head":
-        initial = model.get_weights()  # epoch 0, published if no fine-tuned epoch beats it on val
+        initial = model.get_weights()  # the head alone, published if no fine-tuned epoch beats it on val
         inputs_id = run_fingerprint({
             "head": hashlib.sha256(Path(head_path).read_bytes()).hexdigest(),
             "manifest": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(),
@@ -154,7 +155,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
         best = next(h for h in history if h["epoch"] == ckpt.state["best_epoch"])
         summary.update(epochs_run=len(history), best_epoch=ckpt.state["best_epoch"],
                        finetune_val_accuracy=best.get("val_accuracy"), finetune_val_loss=best.get("val_loss"))
-        numbered = f"{best['epoch'] + 1}/{len(history)}"  # as Keras prints it ("Epoch 5/6"); best_epoch counts from 0
+        numbered = f"{best['epoch'] + 1}/{recipe.epochs}"  # as Keras prints it ("Epoch 5/6"); best_epoch counts from 0
         if not len(val):
             published, why = "finetuned", "no val split to compare on: the fine-tuned model (lowest training loss)"
         elif ckpt.rank(best) > ckpt.rank({"val_accuracy": head_accuracy, "val_loss": summary["head_val_loss"]}):
