@@ -50,29 +50,32 @@ def probe_both(root: Path, size: int, backbone_name: str) -> None:
 
     from transferkit.backbones import build_backbone
     from transferkit.datasets import decoded_batches
+    from transferkit.extract import embedder
+    from transferkit.manifest import split_of
 
     if not (root / "manifest.csv").exists():
         build_set(root, per_class=600, seed=0)
     manifest = pd.read_csv(root / "manifest.csv")
     classes = {name: i for i, name in enumerate(sorted(manifest["label"].unique()))}
     manifest["y"] = manifest["label"].map(classes)
-    train, val = (manifest[manifest["split"] == s] for s in ("train", "val"))
-    test = manifest[manifest["split"] == "test"].sample(3000, random_state=0)
+    train, val = split_of(manifest, "train"), split_of(manifest, "val")
+    test = split_of(manifest, "test").sample(3000, random_state=0)
     backbone = build_backbone(backbone_name, "imagenet", size)
+    forward = embedder(backbone)  # inference mode; reads the BatchNorm statistics as they are at each call
 
     def paths(frame):
         return [str(root / p) for p in frame["path"]]
 
     def probe(tag: str) -> tuple[float, float]:
-        forward = tf.function(lambda x: backbone(tf.cast(x, tf.float32), training=False))
         start = time.perf_counter()
         train_x, val_x, test_x = (np.concatenate([forward(b).numpy() for b in decoded_batches(paths(f), size, 64)])
                                   for f in (train, val, test))
         scaler = StandardScaler().fit(train_x)
+        train_x, val_x, test_x = scaler.transform(train_x), scaler.transform(val_x), scaler.transform(test_x)
         scores = []
         for c in (0.01, 0.05, 0.2):
-            fit = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(train_x), train["y"])
-            scores.append((fit.score(scaler.transform(val_x), val["y"]), fit.score(scaler.transform(test_x), test["y"])))
+            fit = LogisticRegression(C=c, max_iter=2000).fit(train_x, train["y"])
+            scores.append((fit.score(val_x, val["y"]), fit.score(test_x, test["y"])))
             print(f"{tag}, C={c}: val {scores[-1][0]:.4f}, test (3,000) {scores[-1][1]:.4f}", flush=True)
         print(f"  embeddings {time.perf_counter() - start:.0f} s", flush=True)
         return max(scores)  # the C with the best val accuracy: (val, test)
