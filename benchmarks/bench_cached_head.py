@@ -44,15 +44,15 @@ def main() -> None:
     import pandas as pd
     import tensorflow as tf
 
-    from transferkit.backbones import build_backbone
+    from transferkit.backbones.build import build_backbone
     from transferkit.config import load_params
-    from transferkit.datasets import image_dataset
-    from transferkit.embeddings import read_table
-    from transferkit.extract import extract
+    from transferkit.data.datasets import image_dataset
+    from transferkit.embeddings.table import read_table
+    from transferkit.embeddings.extract import extract
     from transferkit.seeding import seed_everything
-    from transferkit.train_head import build_head
-    from transferkit.train_head import fit_head
-    from transferkit.training import class_weights, compile_classifier
+    from transferkit.train.train_head import build_head
+    from transferkit.train.train_head import fit_head
+    from transferkit.train.common import class_weights, compile_classifier
 
     params = load_params(common.REPO / "params.yaml")
     size, seed, head_params = params.backbone.image_size, params.data.seed, params.head

@@ -38,11 +38,12 @@ def main() -> None:
     args = parser.parse_args()
     common.header("extraction efficiency: extract() vs the bare backbone on decoded images")
 
-    from transferkit import device, runtimes
-    from transferkit.backbones import build_backbone
+    from transferkit import device
+    from transferkit.deliver import runtimes
+    from transferkit.backbones.build import build_backbone
     from transferkit.config import load_params
-    from transferkit.extract import embedder, extract
-    from transferkit.images import load_rgb
+    from transferkit.embeddings.extract import embedder, extract
+    from transferkit.data.images import load_rgb
 
     params = load_params(common.REPO / "params.yaml")
     if args.image_size:

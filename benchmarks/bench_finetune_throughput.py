@@ -44,14 +44,14 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from transferkit.backbones import build_backbone
-    from transferkit.blocks import block_groups, depth_of_variables, set_trainable_blocks
+    from transferkit.backbones.build import build_backbone
+    from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
     from transferkit.config import FinetuneParams, HeadParams
-    from transferkit.optimizers import compile_finetune, make_optimizer
-    from transferkit.published import assemble
-    from transferkit.recipe import Facts, resolve
+    from transferkit.train.optimizers import compile_finetune, make_optimizer
+    from transferkit.deliver.published import assemble
+    from transferkit.train.recipe import Facts, resolve
     from transferkit.seeding import seed_everything
-    from transferkit.train_head import build_head
+    from transferkit.train.train_head import build_head
 
     size, batch, n_classes = args.image_size, args.batch, 10
     seed_everything(0)

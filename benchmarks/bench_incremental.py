@@ -33,7 +33,7 @@ def main() -> None:
     common.header("incremental extraction: 5% new images on a cached dataset")
 
     from transferkit.config import load_params
-    from transferkit.extract import extract
+    from transferkit.embeddings.extract import extract
 
     params = load_params(common.REPO / "params.yaml")
     work = Path(tempfile.mkdtemp(prefix="bench-incremental-"))

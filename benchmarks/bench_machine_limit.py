@@ -91,15 +91,15 @@ def child(args) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter)
     import keras
 
-    from transferkit.backbones import build_backbone
-    from transferkit.extract import embedder
+    from transferkit.backbones.build import build_backbone
+    from transferkit.embeddings.extract import embedder
 
     model = build_backbone("efficientnet_lite0", "imagenet", args.size)
     flops = count_flops(model)
     pixels = np.random.default_rng(0).integers(0, 256, size=(args.batch, args.size, args.size, 3), dtype=np.uint8)
     reference = embedder(model)(pixels).numpy()  # float32 TensorFlow: what the cache holds
     if args.engine == "litert":  # what extract runs on a CPU: float32, converted by runtimes.to_litert
-        from transferkit import runtimes
+        from transferkit.deliver import runtimes
 
         run = runtimes.litert_runner(runtimes.to_litert(model))
     else:

@@ -90,11 +90,11 @@ def scratch_arm(manifest_path: Path, params, budget_seconds: float, seed: int) -
     import numpy as np
     import tensorflow as tf
 
-    from transferkit.backbones import build_backbone
-    from transferkit.datasets import image_dataset
-    from transferkit.manifest import load_manifest, split_of
+    from transferkit.backbones.build import build_backbone
+    from transferkit.data.datasets import image_dataset
+    from transferkit.data.manifest import load_manifest, split_of
     from transferkit.seeding import seed_everything
-    from transferkit.train_head import build_head
+    from transferkit.train.train_head import build_head
 
     start = time.perf_counter()
     manifest = load_manifest(manifest_path)
@@ -153,14 +153,14 @@ def main() -> None:
     import yaml
 
     from transferkit.config import parse_params
-    from transferkit.embeddings import read_table
-    from transferkit.evaluate import EvaluateOutputs, evaluate
-    from transferkit.extract import extract
-    from transferkit.finetune import finetune
-    from transferkit.manifest import load_manifest, split_of
-    from transferkit.prepare import prepare
-    from transferkit.published import load_published
-    from transferkit.train_head import train_head
+    from transferkit.embeddings.table import read_table
+    from transferkit.evaluate.evaluate import EvaluateOutputs, evaluate
+    from transferkit.embeddings.extract import extract
+    from transferkit.train.finetune import finetune
+    from transferkit.data.manifest import load_manifest, split_of
+    from transferkit.data.prepare import prepare
+    from transferkit.deliver.published import load_published
+    from transferkit.train.train_head import train_head
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-quality-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -228,7 +228,7 @@ def main() -> None:
         print()
         print(f"{what}, {len(test)} test images" if args.source
               else f"{what}, official 10,000 test images")
-        from transferkit.metrics import accuracy_interval
+        from transferkit.evaluate.metrics import accuracy_interval
 
         print(f"| arm | test accuracy | 95% bootstrap | wall time | notes |")
         print(f"|---|---|---|---|---|")

@@ -27,7 +27,7 @@ from pathlib import Path
 import common
 import yaml
 
-from transferkit.executions import stages_run
+from transferkit.tracking.executions import stages_run
 
 
 def run(command: list[str], cwd: Path, environ: dict) -> tuple[str, float]:

@@ -80,7 +80,7 @@ def make_photos(root: Path, count: int, seed: int = 0, sizes: tuple[int, int] = 
 def prepare(source: Path, out: Path, **data_params) -> Path:
     """Run the real `prepare` step (validate, hash, split); returns the manifest path."""
     from transferkit.config import DataParams
-    from transferkit.prepare import prepare as prepare_data
+    from transferkit.data.prepare import prepare as prepare_data
 
     prepare_data(source, out / "manifest.parquet", out / "report.json", DataParams(**data_params))
     return out / "manifest.parquet"

@@ -48,10 +48,10 @@ def probe_both(root: Path, size: int, backbone_name: str) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from transferkit.backbones import build_backbone
-    from transferkit.datasets import decoded_batches
-    from transferkit.extract import embedder
-    from transferkit.manifest import split_of
+    from transferkit.backbones.build import build_backbone
+    from transferkit.data.datasets import decoded_batches
+    from transferkit.embeddings.extract import embedder
+    from transferkit.data.manifest import split_of
 
     if not (root / "manifest.csv").exists():
         build_set(root, per_class=600, seed=0)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from run_queue import dvc, start_and_wait  # scripts/run_queue.py, what `make queue` runs
-from transferkit.executions import STAGE_TAG, stages_run
+from transferkit.tracking.executions import STAGE_TAG, stages_run
 
 
 def same_number(logged: str | None, queued: str) -> bool:

@@ -24,8 +24,8 @@ def main() -> None:
     from dataclasses import fields
     from pathlib import Path
 
-    from transferkit.evaluate import EvaluateOutputs, evaluate, quality_gate
-    from transferkit.published import load_published
+    from transferkit.evaluate.evaluate import EvaluateOutputs, evaluate, quality_gate
+    from transferkit.deliver.published import load_published
 
     outputs = EvaluateOutputs(**{f.name: Path(getattr(args, f.name)) for f in fields(EvaluateOutputs)})
     params, tracking = stage.tracked("evaluate", args)

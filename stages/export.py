@@ -14,10 +14,10 @@ def main() -> None:
 
     from pathlib import Path
 
-    from transferkit import serving
-    from transferkit.export import check, export
-    from transferkit.published import load_published
-    from transferkit.tracking import flatten
+    from transferkit.deliver import serving
+    from transferkit.deliver.export import check, export
+    from transferkit.deliver.published import load_published
+    from transferkit.tracking.runs import flatten
 
     params, tracking = stage.tracked("export", args)
     with tracking as run:

@@ -11,7 +11,7 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="output JSON: images computed and reused")
     args = parser.parse_args()
 
-    from transferkit.extract import extract
+    from transferkit.embeddings.extract import extract
     from transferkit.files import write_json
 
     params, tracking = stage.tracked("extract", args)

@@ -16,9 +16,9 @@ def main() -> None:
                         help="checkpoint root: per-epoch checkpoints, a sub-folder per run, for resuming")
     args = parser.parse_args()
 
-    from transferkit.distributed import cluster_from_env
+    from transferkit.train.distributed import cluster_from_env
     from transferkit.files import write_json
-    from transferkit.finetune import finetune
+    from transferkit.train.finetune import finetune
 
     def run_finetune(params, tracker):
         return finetune(args.manifest, args.embeddings, args.head, args.model, args.model_info, args.history,

@@ -10,7 +10,7 @@ def main() -> None:
     parser.add_argument("--report", required=True, help="output JSON data report")
     args = parser.parse_args()
 
-    from transferkit.prepare import prepare
+    from transferkit.data.prepare import prepare
 
     params, tracking = stage.tracked("prepare", args)
     with tracking as run:

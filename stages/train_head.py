@@ -13,7 +13,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from transferkit.files import write_json
-    from transferkit.train_head import train_head
+    from transferkit.train.train_head import train_head
 
     params, tracking = stage.tracked("train_head", args)
     with tracking as run:

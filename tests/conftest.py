@@ -87,7 +87,7 @@ def in_tmp_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def prepare_into(source: Path, folder: Path, **data_params) -> Path:
     """Run prepare on `source`, writing folder/manifest.parquet and folder/report.json; returns the manifest."""
     from transferkit.config import DataParams
-    from transferkit.prepare import prepare
+    from transferkit.data.prepare import prepare
 
     prepare(source, folder / "manifest.parquet", folder / "report.json", DataParams(**data_params))
     return folder / "manifest.parquet"
@@ -117,8 +117,13 @@ def colour_model(classes=DEFAULT_CLASSES, image_size: int = 32):
 
 def save_colour_model(folder: Path, classes=DEFAULT_CLASSES, image_size: int = 32) -> tuple[Path, Path]:
     """(model.keras, model.json) of colour_model, written as finetune writes the published model."""
-    from transferkit.published import ModelInfo, save_published
+    from transferkit.deliver.published import ModelInfo, save_published
 
     info = ModelInfo(classes=list(classes), image_size=image_size, backbone="colour", backbone_weights_sha256="0" * 64)
     save_published(colour_model(classes, image_size), info, folder / "model.keras", folder / "model.json")
     return folder / "model.keras", folder / "model.json"
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end modules first: they take longest, and pytest-xdist hands out whole files in this order."""
+    items.sort(key=lambda item: "e2e" not in item.path.parts)

@@ -48,7 +48,7 @@ def test_predict_prints_the_model_s_own_probabilities_on_either_runtime(tmp_path
     import keras
     from PIL import Image
 
-    from transferkit.published import ModelInfo, save_published
+    from transferkit.deliver.published import ModelInfo, save_published
 
     inputs = keras.Input((32, 32, 3), name="image")
     left = keras.layers.GlobalAveragePooling2D()(keras.layers.Cropping2D(((0, 0), (0, 16)))(inputs))

@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from transferkit.images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_SUFFIXES, ImageRejected, inspect_image
+from transferkit.config import DEFAULT_MAX_IMAGE_PIXELS
+from transferkit.data.images import IMAGE_SUFFIXES, ImageRejected, inspect_image
 
 
 def collect_images(targets: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -39,8 +40,8 @@ def predict(args: argparse.Namespace) -> int:
 
     quiet_tensorflow()
     from transferkit.errors import TransferkitError
-    from transferkit.inference import predict_files, top_k
-    from transferkit.published import load_published
+    from transferkit.deliver.inference import predict_files, top_k
+    from transferkit.deliver.published import load_published
 
     images, problems = collect_images(args.images)
     usable = []

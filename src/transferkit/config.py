@@ -16,8 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from transferkit.errors import TransferkitError
-from transferkit.images import DEFAULT_MAX_IMAGE_PIXELS
-from transferkit.registry import BACKBONE_NAMES, BACKBONES
+from transferkit.backbones.registry import BACKBONE_NAMES, BACKBONES
+
+# data.max_image_pixels' default, also the limit of `predict` and the served model: Pillow's own
+# default, about 0.27 GB of RGB pixels once decoded.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 # The params each stage reads, as dvc.yaml lists them under `params:` (a
 # section, or section.key). The `tracking` section is read by every stage, but

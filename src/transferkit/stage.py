@@ -90,7 +90,7 @@ def parser(description: str):
 def tracked(stage: str, args):
     """(params, StageRun) for a stage, from its parsed arguments."""
     from transferkit.config import load_params
-    from transferkit.tracking import LocalStore, StageRun
+    from transferkit.tracking.runs import LocalStore, StageRun
 
     params = load_params(args.params)
     # The manifest a stage reads (prepare: writes) is the run's dataset in MLflow.

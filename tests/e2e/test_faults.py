@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from conftest import LOCAL_STORE, REPO, closed_port_url, make_image_folder
-from transferkit.embeddings import read_table
-from transferkit.store import EmbeddingStore
+from transferkit.embeddings.table import read_table
+from transferkit.embeddings.store import EmbeddingStore
 
 pytestmark = pytest.mark.e2e
 
@@ -243,10 +243,10 @@ def test_two_workers_resume_after_a_kill_and_train_as_well_as_one(trained_head, 
     wrote the model, whose test accuracy is inside the 95% bootstrap interval of the 1-worker model's (the
     same fine-tune on one worker, also killed once and resumed)."""
     from conftest import free_port
-    from transferkit.inference import predict_files
-    from transferkit.manifest import load_manifest, split_of
-    from transferkit.metrics import accuracy_interval
-    from transferkit.published import load_published
+    from transferkit.deliver.inference import predict_files
+    from transferkit.data.manifest import load_manifest, split_of
+    from transferkit.evaluate.metrics import accuracy_interval
+    from transferkit.deliver.published import load_published
 
     root = trained_head
     ports = [free_port(), free_port()]

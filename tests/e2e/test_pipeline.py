@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, draw_example, free_port
 from messy_data import OK, UNICODE_CLASS, add_messy_files
 from tiny_project import BIN, STAGES, commit_all, make_tiny_project, sh
-from transferkit.executions import stages_run
+from transferkit.tracking.executions import stages_run
 
 pytestmark = pytest.mark.e2e
 

@@ -36,7 +36,7 @@ import yaml
 
 from conftest import REPO
 from tiny_project import BIN, GIT, STAGES, commit_all, make_tiny_project, sh
-from transferkit.executions import stages_run
+from transferkit.tracking.executions import stages_run
 
 pytestmark = pytest.mark.e2e
 SCRIPT = REPO / "scripts" / "services.sh"

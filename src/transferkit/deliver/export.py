@@ -1,0 +1,256 @@
+"""The `export` stage: the published model as SavedModel, LiteRT and ONNX files, and the parity gate.
+
+The SavedModel and ONNX files are written by Keras' own exporter
+(`model.export(format=...)`), the LiteRT files by TF's converter from that
+SavedModel (Keras' litert export does the same through a temporary one), so
+the backbone's preprocessing travels inside every file: each takes raw RGB pixels
+0..255, float32, (N, size, size, 3), named `image`, and returns one
+probability per class. Beside each file, `<file>.json` holds its class list
+and input spec.
+
+The parity gate then runs each file through its own runtime (TensorFlow,
+the LiteRT interpreter, onnxruntime) on the test images, decoded by the
+pipeline's one decoder, and compares it with the Keras model. A float32 file
+fails the stage when a probability differs by more than FLOAT_TOLERANCE, or
+when it changes a prediction the Keras model makes by a clear margin; a
+quantized file (export.quantize) fails when it agrees on fewer than
+QUANTIZED_MIN_AGREEMENT of the predictions or loses more than
+QUANTIZED_MAX_ACCURACY_DROP of accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from transferkit.deliver import runtimes
+from transferkit.config import ExportParams
+from transferkit.data.datasets import decoded_batches
+from transferkit.errors import TransferkitError
+from transferkit.files import write_json
+from transferkit.data.manifest import load_manifest, split_of
+from transferkit.deliver.published import ModelInfo
+
+FLOAT_TOLERANCE = 1e-4  # max |probability difference| of a float32 file from the Keras model
+MARGIN = 1e-4  # a changed top-1 counts when the Keras model's top-2 margin is above this
+QUANTIZED_MIN_AGREEMENT = 0.99  # of top-1 predictions, for export.quantize: dynamic | int8
+QUANTIZED_MAX_ACCURACY_DROP = 0.01  # test accuracy, quantized file vs Keras model
+ONNX_OUTPUT = "probabilities"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str  # saved_model, litert, litert_dynamic, litert_int8, onnx
+    file: str  # name inside the export folder
+    runtime: str  # tensorflow, litert, onnxruntime
+    quantized: bool
+
+    def runner(self, folder: Path) -> runtimes.Runner:
+        path = folder / self.file
+        if self.runtime == "tensorflow":
+            return runtimes.saved_model_runner(path)
+        if self.runtime == "litert":
+            return runtimes.litert_runner(path)
+        return runtimes.onnx_runner(path)
+
+
+def artifacts_for(params: ExportParams) -> list[Artifact]:
+    found = [Artifact("saved_model", "saved_model", "tensorflow", False),
+             Artifact("litert", "model.tflite", "litert", False),
+             Artifact("onnx", "model.onnx", "onnxruntime", False)]
+    if params.quantize != "none":
+        found.append(Artifact(f"litert_{params.quantize}", f"model_{params.quantize}.tflite", "litert", True))
+    return found
+
+
+def _litert(saved_model: Path, path: Path, **options) -> None:
+    """TF's LiteRT converter on the SavedModel already written, TFLite builtin ops only (so an op the
+    standalone interpreter cannot run, a TF "select"/Flex op, fails the export, not the user's phone).
+
+    Keras' own `model.export(format="litert")` traces the model into a temporary SavedModel and runs
+    this same converter on it (keras/src/export/litert.py); starting from the SavedModel the stage
+    writes anyway saves that second trace (about 9 s of the export stage's 40 s at 32 px)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if "representative_dataset" in options
+                                           else tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.experimental_enable_resource_variables = True  # as Keras sets it
+    for name, value in options.items():
+        setattr(converter, name, value)
+    path.write_bytes(converter.convert())
+
+
+def write_artifact(model, artifact: Artifact, folder: Path, params: ExportParams,
+                   calibration: np.ndarray | None = None) -> None:
+    """Write `artifact` into `folder`; a LiteRT file is converted from folder/saved_model (written first
+    if it is not there)."""
+    import tensorflow as tf
+
+    path = folder / artifact.file
+    saved_model = folder / "saved_model"
+    if artifact.runtime == "litert" and not saved_model.exists():
+        write_artifact(model, artifacts_for(params)[0], folder, params)
+    if artifact.name == "saved_model":
+        model.export(str(path), format="tf_saved_model", verbose=False)
+    elif artifact.name == "onnx":
+        _with_constant_normalization(model).export(str(path), format="onnx", opset_version=params.onnx_opset,
+                                                   verbose=False)
+        _rename_onnx_output(path, ONNX_OUTPUT)
+    elif artifact.name == "litert":
+        _litert(saved_model, path)
+    elif artifact.name == "litert_dynamic":
+        _litert(saved_model, path, optimizations=[tf.lite.Optimize.DEFAULT])
+    elif artifact.name == "litert_int8":
+        def representative():  # raw 0..255 pixels, as the model takes them (its preprocessing is inside)
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+
+        _litert(saved_model, path, optimizations=[tf.lite.Optimize.DEFAULT], representative_dataset=representative)
+    else:
+        raise ValueError(artifact.name)
+
+
+def _with_constant_normalization(model):
+    """The model with every keras Normalization layer (efficientnet_b0 has one) replaced by the
+    equal Rescaling, the other layers shared.
+
+    Normalization keeps its mean and variance as eager tensors; tf2onnx turns
+    those into extra graph inputs the ONNX file then demands beside `image`.
+    Rescaling's numpy constants are traced into the graph instead."""
+    import keras
+
+    def replace(layer):
+        if not isinstance(layer, keras.layers.Normalization) or layer.invert:
+            return layer
+        mean, variance = (np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in (layer.mean, layer.variance))
+        scale = 1.0 / np.maximum(np.sqrt(variance), keras.backend.epsilon())
+        return keras.layers.Rescaling(scale=scale, offset=-mean * scale, name=layer.name)
+
+    if not any(isinstance(layer, keras.layers.Normalization) for layer in _all_layers(model)):
+        return model
+    clone = keras.models.clone_model(model, clone_function=replace, recursive=True)
+    clone(np.zeros((1, *model.input_shape[1:]), np.float32))  # Keras exports only a model that has been called
+    return clone
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _rename_onnx_output(path: Path, name: str) -> None:
+    """tf2onnx names the output `Identity:0`; call it what it is."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    old = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+    graph.graph.output[0].name = name
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+
+
+def description(info: ModelInfo, artifact: Artifact) -> dict:
+    """What sits beside each file: its classes and exactly what goes in and comes out."""
+    size = info.image_size
+    return {
+        **asdict(info),
+        "format": artifact.name, "file": artifact.file, "runtime": artifact.runtime,
+        "quantized": artifact.quantized,
+        "input_spec": {"name": "image", "dtype": "float32", "shape": [-1, size, size, 3],
+                       "pixels": "RGB 0..255, resized to image_size x image_size; no other preprocessing "
+                                 "(it is inside the model)"},
+        "output_spec": {"name": ONNX_OUTPUT if artifact.name == "onnx" else "output_0", "dtype": "float32",
+                        "shape": [-1, len(info.classes)], "meaning": "probability of classes[i]"},
+    }
+
+
+def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Figures of one file's probabilities against the Keras model's on the same images."""
+    top2 = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else np.concatenate(
+        [np.zeros_like(reference), reference], axis=1)
+    clear = (top2[:, 1] - top2[:, 0]) > MARGIN
+    flipped = probs.argmax(axis=1) != reference.argmax(axis=1)
+    return {
+        "max_abs_diff": float(np.max(np.abs(probs - reference))),
+        "top1_agreement": float(1.0 - flipped.mean()),
+        "clear_top1_changed": int((flipped & clear).sum()),
+        "accuracy": float((probs.argmax(axis=1) == labels).mean()),
+    }
+
+
+def gate(artifact: Artifact, figures: dict, reference_accuracy: float) -> str | None:
+    """Why this file fails the parity gate, naming the figure, or None."""
+    if not artifact.quantized:
+        if figures["max_abs_diff"] > FLOAT_TOLERANCE:
+            return f"max |probability difference| {figures['max_abs_diff']:.3g} > {FLOAT_TOLERANCE:g}"
+        if figures["clear_top1_changed"]:
+            return (f"changed {figures['clear_top1_changed']} top-1 prediction(s) whose top-2 margin in the Keras "
+                    f"model is above {MARGIN:g}")
+        return None
+    if figures["top1_agreement"] < QUANTIZED_MIN_AGREEMENT:
+        return f"top-1 agreement {figures['top1_agreement']:.2%} < {QUANTIZED_MIN_AGREEMENT:.0%}"
+    drop = reference_accuracy - figures["accuracy"]
+    if drop > QUANTIZED_MAX_ACCURACY_DROP + 1e-12:
+        return (f"test accuracy {figures['accuracy']:.4f} is {drop * 100:.2f} points below the Keras model's "
+                f"{reference_accuracy:.4f} (allowed: {QUANTIZED_MAX_ACCURACY_DROP * 100:g})")
+    return None
+
+
+def export(manifest_path: str | Path, model, info: ModelInfo, folder: str | Path, metrics_path: str | Path,
+           params: ExportParams) -> dict:
+    """Write every file into `folder` (replaced whole), run the parity gate, write its figures.
+
+    Returns the figures and `failures` (one line per file that fails the gate:
+    `check` raises them), so a failed gate's figures can be recorded first."""
+    folder = Path(folder)
+    manifest = load_manifest(manifest_path)
+    test = split_of(manifest, "test")
+    if test.empty:
+        raise TransferkitError("data.test_fraction: the test split is empty; the parity gate needs test images")
+    size = info.image_size
+    pixels = np.concatenate(list(decoded_batches(test["path"].tolist(), size, params.batch_size))).astype(np.float32)
+    labels = test["label_index"].to_numpy()
+    calibration = None
+    if params.quantize == "int8":
+        train = split_of(manifest, "train")
+        paths = train["path"].tolist()[:params.calibration_images]
+        calibration = np.concatenate(list(decoded_batches(paths, size, params.batch_size)))
+
+    work = folder.with_name(f".tmp-{os.getpid()}-{folder.name}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        artifacts = artifacts_for(params)
+        for artifact in artifacts:
+            write_artifact(model, artifact, work, params, calibration)
+            write_json(work / f"{artifact.file}.json", description(info, artifact))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(work, folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    reference = runtimes.in_batches(runtimes.keras_runner(model), pixels, params.batch_size)
+    keras_accuracy = float((reference.argmax(axis=1) == labels).mean())
+    figures = {a.name: compare(reference, runtimes.in_batches(a.runner(folder), pixels, params.batch_size), labels)
+               for a in artifacts}
+    summary = {"test_images": int(len(labels)), "keras_accuracy": keras_accuracy, "artifacts": figures}
+    write_json(metrics_path, summary)
+    failures = [f"{folder / a.file} ({a.runtime}): {why}" for a in artifacts
+                if (why := gate(a, figures[a.name], keras_accuracy))]
+    return {**summary, "failures": failures, "example": test["path"].iloc[0]}
+
+
+def check(summary: dict) -> None:
+    """Raise TransferkitError naming each file that failed the parity gate, and the figure."""
+    if summary["failures"]:
+        raise TransferkitError("parity gate failed, exported files differ from the Keras model:\n  "
+                               + "\n  ".join(summary["failures"]))

@@ -1,0 +1,146 @@
+"""The model the pipeline registers in MLflow: image files in, labels out.
+
+    mlflow models serve -m models:/transferkit/latest --env-manager local
+    POST /invocations {"dataframe_records": [{"image": "<base64 of a JPEG/PNG/WebP... file>"}]}
+    -> {"predictions": [{"label": "bag", "probability": 0.97, "probabilities": {"bag": 0.97, ...}}]}
+
+A pyfunc (models-from-code: served_model.py, no pickle) around the exported
+ONNX file that passed the export stage's parity gate, run by onnxruntime (no
+TensorFlow in the server). Each image is decoded by the pipeline's own
+decoder (images.load_rgb: EXIF orientation, RGB, the resize spec), whose code
+travels inside the logged model, so serving sees the pixels training saw.
+
+A request the model cannot use (no `image` column, a value that is not
+base64 of an image file) is a 400 with a one-line message; see ClientError.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import fields
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+
+from transferkit.files import read_json
+from transferkit.config import DEFAULT_MAX_IMAGE_PIXELS
+from transferkit.data.images import ImageRejected, load_rgb
+from transferkit.deliver.published import ModelInfo
+
+INPUT_COLUMN = "image"
+MODEL_ARTIFACT, INFO_ARTIFACT = "model", "info"  # names of the files inside the logged model
+BATCH_SIZE = 32
+
+
+class ClientError(MlflowException):
+    """A 400 whose body is only this message.
+
+    MLflow 3.17's scoring server turns any other exception raised in `predict`
+    into a body with the whole stack trace, and rewrites an MlflowException's
+    `message` to prepend the request data (the images' base64); this keeps the
+    first message it was given. Pinned mlflow; tests/e2e checks the body.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_message"):
+            self._message = value
+
+
+def decode_image(value, row: int, size: int) -> np.ndarray:
+    """One base64-encoded image file -> (size, size, 3) uint8, through the pipeline's decoder."""
+    if not isinstance(value, (str, bytes)) or not value:
+        raise ClientError(f"{INPUT_COLUMN} {row}: expected a base64-encoded image file, got {type(value).__name__}")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ClientError(f"{INPUT_COLUMN} {row}: not valid base64") from None
+    try:
+        return load_rgb(io.BytesIO(raw), size, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
+    except ImageRejected as exc:
+        raise ClientError(f"{INPUT_COLUMN} {row}: {exc}") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ClientError(f"{INPUT_COLUMN} {row}: cannot decode: {exc}") from None
+
+
+class ImageClassifier(PythonModel):
+    # The signature is explicit (model_signature) and predict checks its input itself: no type-hint
+    # validation (MLflow would otherwise warn that predict has no type hints).
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        from transferkit.deliver.runtimes import onnx_runner
+
+        described = read_json(context.artifacts[INFO_ARTIFACT])  # export's <file>.json: ModelInfo and more
+        self.info = ModelInfo(**{f.name: described[f.name] for f in fields(ModelInfo)})
+        self.run = onnx_runner(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input.columns:
+            raise ClientError(f"the request has no column '{INPUT_COLUMN}' (base64-encoded image files)")
+        return classify(self.run, self.info, model_input[INPUT_COLUMN].tolist())
+
+
+def classify(run, info: ModelInfo, values: list) -> "pd.DataFrame":  # noqa: F821
+    import pandas as pd
+
+    rows = []
+    for start in range(0, len(values), BATCH_SIZE):
+        batch = values[start:start + BATCH_SIZE]
+        pixels = np.stack([decode_image(v, start + i, info.image_size) for i, v in enumerate(batch)])
+        for probs in run(pixels.astype(np.float32)):
+            best = int(np.argmax(probs))
+            rows.append({"label": info.classes[best], "probability": float(probs[best]),
+                         "probabilities": {c: float(p) for c, p in zip(info.classes, probs)}})
+    return pd.DataFrame(rows, columns=["label", "probability", "probabilities"])
+
+
+def input_example(path: str | Path):
+    """A request of one image file, as the served model takes it (shown in the MLflow UI)."""
+    import pandas as pd
+
+    return pd.DataFrame({INPUT_COLUMN: [base64.b64encode(Path(path).read_bytes()).decode("ascii")]})
+
+
+def model_signature(info: ModelInfo):
+    """Input: a string column `image` (base64 image files); output: label, probability, per-class probabilities."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Map, Schema
+
+    return ModelSignature(
+        # Not `required`: a request without it reaches predict, which answers with a one-line 400
+        # (MLflow's own schema error would echo the whole request).
+        inputs=Schema([ColSpec("string", INPUT_COLUMN, required=False)]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability"),
+                        ColSpec(Map("double"), "probabilities")]),
+    )
+
+
+def pip_requirements() -> list[str]:
+    """What the served model imports (MLflow adds itself): onnxruntime, not TensorFlow."""
+    return [f"{name}=={metadata.version(name)}" for name in ("onnxruntime", "numpy", "pandas", "pillow")]
+
+
+def code_path() -> Path:
+    """The transferkit package folder (the whole package): logged with the model, so it decodes with this exact code."""
+    return Path(__file__).resolve().parents[1]
+
+
+def model_file() -> Path:
+    """The models-from-code file MLflow loads (it calls mlflow.models.set_model)."""
+    return Path(__file__).resolve().parent / "served_model.py"

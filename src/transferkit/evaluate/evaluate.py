@@ -1,0 +1,96 @@
+"""The `evaluate` stage: the published model on the test split, beside the head-only model.
+
+It runs the exact files `predict` would load on the raw test images, so the
+score covers the whole path from pixels to probabilities, preprocessing
+included. With `evaluate.tta` the published model's prediction is the mean
+over each image and its mirror image.
+
+Beside it, the head-only model (the frozen backbone + the trained head, what
+feature extraction alone gives) is scored on the same test images: the head
+on their embeddings, which is that model's output without running the
+backbone again. `finetune_gain` = what fine-tuning bought on test (without
+TTA on either side, so it is fine-tuning's own gain).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from transferkit.config import EvaluateParams
+from transferkit.errors import TransferkitError
+from transferkit.files import atomic_path, write_json
+from transferkit.embeddings.table import read_table
+from transferkit.deliver.inference import predict_views
+from transferkit.data.manifest import load_manifest, split_of
+from transferkit.evaluate.metrics import classification_report
+from transferkit.evaluate.plots import calibration_png, confusion_png, curves_png
+from transferkit.deliver.published import ModelInfo
+
+
+@dataclass(frozen=True)
+class EvaluateOutputs:
+    """Where evaluate writes (from the command line, i.e. dvc.yaml)."""
+    metrics: Path  # JSON: accuracy, macro-F1, per-class figures, calibration error
+    confusion_csv: Path  # actual,predicted per test image: DVC's confusion-matrix plot data
+    predictions: Path  # path,actual,predicted,confidence per test image, for error analysis
+    confusion_png: Path
+    calibration_png: Path
+    curves_png: Path
+
+
+def head_only_probs(head_path: str | Path, embeddings_path: str | Path, hashes: list[str]) -> np.ndarray:
+    """The frozen backbone + head on these images: the head on their embeddings."""
+    import keras
+
+    head = keras.saving.load_model(head_path, safe_mode=True)
+    return head.predict(read_table(embeddings_path).rows(hashes), verbose=0).astype(np.float64)
+
+
+def evaluate(manifest_path: str | Path, model, info: ModelInfo, outputs: EvaluateOutputs,
+             histories: dict[str, str], params: EvaluateParams, head_path: str | Path | None = None,
+             embeddings_path: str | Path | None = None) -> dict:
+    """Score `model` (from published.load_published) on the test split, and the head-only model when
+    `head_path` and `embeddings_path` are given; write metrics and plots."""
+    test = split_of(load_manifest(manifest_path), "test")
+    if test.empty:
+        raise TransferkitError("data.test_fraction: the test split is empty; nothing to evaluate")
+    classes = info.classes
+    views = predict_views(model, info, test["path"].tolist(), params.batch_size, tta=params.tta, runtime=params.runtime)
+    probs = views[-1]
+    y_true = test["label_index"].to_numpy()
+    report = classification_report(probs, y_true, classes, params.calibration_bins)
+    report.summary["tta"] = params.tta
+    plain_accuracy = float((views[0].argmax(axis=1) == y_true).mean())
+    if params.tta:
+        report.summary["accuracy_without_tta"] = plain_accuracy
+    if head_path is not None and embeddings_path is not None:
+        head = classification_report(head_only_probs(head_path, embeddings_path, test["sha256"].tolist()),
+                                     y_true, classes, params.calibration_bins).summary
+        report.summary.update(head_only_accuracy=head["accuracy"], head_only_macro_f1=head["macro_f1"],
+                              finetune_gain=plain_accuracy - head["accuracy"])
+
+    y_pred = probs.argmax(axis=1)
+    actual, predicted = [classes[i] for i in y_true], [classes[i] for i in y_pred]
+    with atomic_path(outputs.confusion_csv) as tmp:
+        pd.DataFrame({"actual": actual, "predicted": predicted}).to_csv(tmp, index=False)
+    with atomic_path(outputs.predictions) as tmp:
+        pd.DataFrame({"path": test["path"].to_numpy(), "actual": actual, "predicted": predicted,
+                      "confidence": probs.max(axis=1)}).to_csv(tmp, index=False)
+    confusion_png(report.confusion, classes, outputs.confusion_png,
+                  f"Test confusion matrix (accuracy {report.summary['accuracy']:.3f})")
+    calibration_png(report.calibration, outputs.calibration_png, report.summary["ece"])
+    curves_png(histories, outputs.curves_png)
+    write_json(outputs.metrics, report.summary)
+    return report.summary
+
+
+def quality_gate(summary: dict, params: EvaluateParams) -> None:
+    """evaluate.min_accuracy: below it the stage fails, so nothing downstream is exported or registered."""
+    if params.min_accuracy is not None and summary["accuracy"] < params.min_accuracy:
+        raise TransferkitError(f"evaluate.min_accuracy: test accuracy {summary['accuracy']:.4f} on "
+                               f"{summary['test_images']} images is below {params.min_accuracy}; "
+                               f"nothing is exported or registered")

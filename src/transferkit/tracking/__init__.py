@@ -1,0 +1,2 @@
+"""Everything MLflow: each stage's run under its execution's parent run (runs), the tracking server as a stage
+sees it (server), and completing an execution's record after DVC ends (executions)."""

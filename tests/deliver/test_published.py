@@ -1,0 +1,38 @@
+import json
+
+import numpy as np
+import pytest
+
+from transferkit.errors import TransferkitError
+from transferkit.deliver.published import INPUT_DESCRIPTION, ModelInfo, assemble, load_published
+
+from conftest import colour_model, save_colour_model
+
+
+def test_saved_model_and_info_load_back_identical(tmp_path):
+    model_path, info_path = save_colour_model(tmp_path)
+    model, info = load_published(model_path, info_path)
+    assert info == ModelInfo(["circle", "square", "triangle"], 32, "colour", "0" * 64)
+    assert json.loads(info_path.read_text())["input"] == INPUT_DESCRIPTION
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), colour_model().predict(pixels, verbose=0), atol=1e-6)
+
+
+def test_missing_files_and_foreign_json_are_clear_errors(tmp_path):
+    model_path, info_path = save_colour_model(tmp_path)
+    with pytest.raises(TransferkitError, match=r"nowhere.keras: not found; train a model first"):
+        load_published(tmp_path / "nowhere.keras", info_path)
+    info_path.write_text(json.dumps({"labels": ["a"]}))
+    with pytest.raises(TransferkitError, match="not a transferkit model description"):
+        load_published(model_path, info_path)
+
+
+def test_assemble_puts_the_head_on_the_backbone():
+    import keras
+
+    backbone = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()])
+    head = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model = assemble(backbone, head, 8)
+    assert model.input_shape == (None, 8, 8, 3) and model.output_shape == (None, 2)
+    x = np.ones((1, 8, 8, 3), np.float32)
+    np.testing.assert_allclose(model.predict(x, verbose=0), head.predict(backbone.predict(x, verbose=0), verbose=0))
