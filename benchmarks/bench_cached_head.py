@@ -3,7 +3,7 @@
 The textbook recipe (keras.io "transfer learning"): the frozen backbone sits
 inside the model, called with training=False, and runs over the images every
 epoch. transferkit runs it once (`extract`) and trains the head on the cached
-embeddings. Same head (`head.build_head`), same initial weights, same epochs,
+embeddings. Same head (`train_head.build_head`), same initial weights, same epochs,
 same batches in the same order (one seeded shuffle), same class weights;
 no early stopping, so both run exactly E epochs.
 

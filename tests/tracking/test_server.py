@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import ssl
 import threading
 
 import pytest
@@ -51,6 +52,59 @@ def test_login_is_checked_where_health_cannot_tell(login_server, monkeypatch):
     assert login_problem(login_server) is None
     assert login_problem(closed_port_url()) is None  # unreachable is server_problem's answer, not this one
     assert login_problem("sqlite:///x.db") is None
+
+
+@pytest.fixture
+def private_ca_login_server(tmp_path):
+    """LoginOnly over HTTPS, with a certificate no system CA signed (a team's private CA)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(private, hashes.SHA256()))
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LoginOnly)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    server.shutdown()
+
+
+def test_a_private_ca_is_trusted_by_both_checks(private_ca_login_server, monkeypatch):
+    """MLFLOW_TRACKING_SERVER_CERT_PATH counts for the login check too: without it there, the TLS error was
+    swallowed and a wrong login passed unnoticed."""
+    uri, cert = private_ca_login_server
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                 "MLFLOW_TRACKING_INSECURE_TLS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH", raising=False)
+    assert "CERTIFICATE_VERIFY_FAILED" in server_problem(uri)  # the system's CAs do not know it
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
+    assert server_problem(uri) is None
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "user")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+    assert login_problem(uri) == "HTTP 401 Unauthorized with credentials"
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-password")
+    assert login_problem(uri) is None
 
 
 def test_retries_are_bounded_unless_the_user_chose(monkeypatch):

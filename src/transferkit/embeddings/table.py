@@ -6,7 +6,7 @@ embeddings do, whichever backbones the store has also seen.
 
 One `.npz` file with three arrays: `sha256` (sorted, distinct), `embeddings`
 (float32, one row per hash) and `spec` (the JSON the store key hashes:
-backbone, weights fingerprint, image size, decoding, dtype). The same inputs
+backbone, weights fingerprint, image size, decoding, dtype, runtime). The same inputs
 give the same bytes: numpy's own savez stamps each member with the current
 time, so the zip is written here with a fixed one, which lets DVC see an
 unchanged table as unchanged and restore later stages from its run-cache.

@@ -1,4 +1,4 @@
-"""Everything MLflow, in one module.
+"""Each stage's MLflow run, under its pipeline execution's parent run.
 
 One pipeline execution (`dvc repro` or `dvc exp run`) = one MLflow parent run
 carrying every parameter, the final test metrics, the plots and the model.

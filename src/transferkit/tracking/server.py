@@ -47,6 +47,18 @@ def counted(items: list[str]) -> list[str]:
     return [item if n == 1 else f"{item} ({n} times)" for item, n in counts.items()]
 
 
+def tls_context(uri: str) -> ssl.SSLContext | None:
+    """TLS as MLflow's own client does it: MLFLOW_TRACKING_INSECURE_TLS, else MLFLOW_TRACKING_SERVER_CERT_PATH
+    (a private CA's certificate), else the system's CAs (None)."""
+    if not uri.startswith("https://"):
+        return None
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()
+    if os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        return ssl.create_default_context(cafile=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+    return None
+
+
 def server_problem(uri: str, timeout: float = 5.0) -> str | None:
     """Why an http(s) tracking server cannot be reached, or None when it answers (or the store is local).
 
@@ -58,14 +70,8 @@ def server_problem(uri: str, timeout: float = 5.0) -> str | None:
     """
     if not uri.startswith(("http://", "https://")):
         return None
-    context = None
-    if uri.startswith("https://"):
-        if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-            context = ssl._create_unverified_context()
-        elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
-            context = ssl.create_default_context(cafile=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout, context=context).close()
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout, context=tls_context(uri)).close()
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code} {exc.reason}" if exc.code >= 500 else None
     except (OSError, ValueError) as exc:  # URLError (refused, DNS), timeout, malformed URL
@@ -115,11 +121,8 @@ def login_problem(uri: str, timeout: float = 10.0) -> str | None:
         return None
     request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1",
                                      headers=_auth_header())
-    context = None
-    if uri.startswith("https://") and os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-        context = ssl._create_unverified_context()
     try:
-        urllib.request.urlopen(request, timeout=timeout, context=context).close()
+        urllib.request.urlopen(request, timeout=timeout, context=tls_context(uri)).close()
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             given = "with" if _auth_header() else "without"
