@@ -50,3 +50,13 @@ def test_gradual_adds_blocks_from_the_top_epoch_by_epoch():
     assert [recipe.blocks_at(e) for e in range(3)] == [2, 4, 6]
     full = resolve(FinetuneParams(strategy="full", epochs=2, flip=False), Facts(100, 0.5, 18), NO_FLIP_SCORE)
     assert [full.blocks_at(e) for e in range(2)] == [18, 18]
+
+
+def test_phase_end_is_the_epoch_count_keras_prints_for_each_fit():
+    """finetune names the published epoch as Keras printed it: under gradual each phase is its own fit()."""
+    gradual = resolve(FinetuneParams(strategy="gradual", blocks=2, epochs=6, flip=False), Facts(100, 0.5, 18),
+                      NO_FLIP_SCORE)
+    assert [gradual.blocks_at(e) for e in range(6)] == [1, 1, 1, 2, 2, 2]
+    assert [gradual.phase_end(e) for e in range(6)] == [3, 3, 3, 6, 6, 6]
+    top = resolve(FinetuneParams(strategy="top", blocks=4, epochs=6, flip=False), Facts(100, 0.5, 18), NO_FLIP_SCORE)
+    assert [top.phase_end(e) for e in range(6)] == [6] * 6

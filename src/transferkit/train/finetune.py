@@ -156,7 +156,8 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
         best = next(h for h in history if h["epoch"] == ckpt.state["best_epoch"])
         summary.update(epochs_run=len(history), best_epoch=ckpt.state["best_epoch"],
                        finetune_val_accuracy=best.get("val_accuracy"), finetune_val_loss=best.get("val_loss"))
-        numbered = f"{best['epoch'] + 1}/{recipe.epochs}"  # as Keras prints it ("Epoch 5/6"); best_epoch counts from 0
+        # As Keras printed it ("Epoch 5/6"; under gradual each phase is its own fit: "Epoch 3/3"); best_epoch is from 0
+        numbered = f"{best['epoch'] + 1}/{recipe.phase_end(best['epoch'])}"
         if not len(val):
             published, why = "finetuned", "no val split to compare on: the fine-tuned model (lowest training loss)"
         elif ckpt.rank(best) > ckpt.rank({"val_accuracy": head_accuracy, "val_loss": summary["head_val_loss"]}):
@@ -239,9 +240,7 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
         callbacks.append(tracker.keras_callback())
     epoch = first
     while epoch < recipe.epochs and not ckpt.state["stopped"]:
-        end = epoch + 1
-        while end < recipe.epochs and recipe.blocks_at(end) == recipe.blocks_at(epoch):
-            end += 1  # one fit() per phase of equal trainable blocks (keeps the optimizer state)
+        end = recipe.phase_end(epoch)  # one fit() per phase of equal trainable blocks (keeps the optimizer state)
         if compiled_for != recipe.blocks_at(epoch):
             setup(epoch)
         if distributed.uses_own_loop(strategy):

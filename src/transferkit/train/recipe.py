@@ -82,6 +82,14 @@ class Recipe:
             return self.blocks
         return min(self.blocks, math.ceil((epoch + 1) * self.blocks / self.epochs))
 
+    def phase_end(self, epoch: int) -> int:
+        """One past the last epoch of `epoch`'s phase: epochs with the same trainable blocks train in one fit(),
+        which Keras numbers "Epoch n/<phase end>"."""
+        end = epoch + 1
+        while end < self.epochs and self.blocks_at(end) == self.blocks_at(epoch):
+            end += 1
+        return end
+
 
 def classify(facts: Facts) -> tuple[str, list[str]]:
     size = "small" if facts.per_class < SMALL_PER_CLASS else "large"
