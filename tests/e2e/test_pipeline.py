@@ -246,8 +246,7 @@ def mlflow_server(tmp_path_factory, env):
 def test_readme_experiment_line_works_in_a_fresh_shell(project, first_run, env, mlflow_server):
     """The README's `dvc exp run` line, exactly as printed, with the system PATH (no venv on it, none
     activated): only the stages after the head re-run, into the team tracking server."""
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run"], project)
+    commit_all(project, "baseline run")
     line = readme_line(".venv/bin/dvc exp run -S head.learning_rate=0.003")
     fresh_shell = {**env, "PATH": system_path(), "MLFLOW_TRACKING_URI": mlflow_server}
     out = sh(shlex.split(line), project, fresh_shell)

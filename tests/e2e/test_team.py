@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from tiny_project import BIN, GIT, STAGES, commit_all, make_tiny_project, sh
+from tiny_project import BIN, STAGES, commit_all, make_tiny_project, sh
 from transferkit.tracking.executions import stages_run
 
 pytestmark = pytest.mark.e2e
@@ -195,8 +195,7 @@ def pushed(project, services) -> subprocess.CompletedProcess:
     run = sh(["dvc", "repro"], project, env)
     assert stages_run(run.stdout) == STAGES
     assert "Traceback" not in run.stdout + run.stderr
-    sh([*GIT, "add", "-A"], project, env)  # dvc.lock and the `cache: false` metrics and plots
-    sh([*GIT, "commit", "-qm", "pipeline run"], project, env)
+    commit_all(project, "pipeline run", env)  # dvc.lock and the `cache: false` metrics and plots
     return sh(["dvc", "push"], project, env)
 
 

@@ -13,7 +13,6 @@ import yaml
 from conftest import REPO, make_image_folder
 
 BIN = Path(sys.executable).parent  # the venv running the tests: its python, dvc, mlflow, transferkit
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 TINY = {
     "data": {"source": "data/tiny", "val_fraction": 0.2, "test_fraction": 0.2},
     "backbone": {"image_size": 32},
@@ -52,7 +51,11 @@ def make_tiny_project(root: Path) -> Path:
 
 
 def commit_all(root: Path, message: str, env: dict | None = None) -> None:
+    """Commit everything; a new repository gets an identity of its own, in its own config: `dvc exp run`
+    commits with the repository's identity, and a test machine may have no global one."""
     if not (root / ".git").exists():
         sh(["git", "init", "-q", "-b", "main"], root, env)
-    sh([*GIT, "add", "-A"], root, env)
-    sh([*GIT, "commit", "-qm", message], root, env)
+        sh(["git", "config", "user.name", "transferkit tests"], root, env)
+        sh(["git", "config", "user.email", "tests@transferkit.invalid"], root, env)
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-qm", message], root, env)
