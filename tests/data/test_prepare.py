@@ -16,7 +16,7 @@ from conftest import make_image_folder
 def run_prepare(source, tmp_path, **overrides):
     params = DataParams(**{"val_fraction": 0.25, "test_fraction": 0.25, **overrides})
     out = tmp_path / "prepared"
-    report = prepare(source, out / "manifest.parquet", out / "report.json", params)
+    report = prepare(source, out / "manifest.parquet", out / "report.json", params).report
     return report, pd.read_parquet(tmp_path / "prepared" / "manifest.parquet")
 
 
@@ -227,7 +227,7 @@ def test_messy_manifest(image_folder, tmp_path, kind):
 
 def test_empty_class_folder_stops_before_decoding(image_folder, tmp_path, monkeypatch):
     (image_folder / "empty class").mkdir()
-    monkeypatch.setattr("transferkit.prepare.inspect_image", _must_not_decode)
+    monkeypatch.setattr("transferkit.data.prepare.inspect_image", _must_not_decode)
     with pytest.raises(TransferkitError, match=r"empty class \(0\)"):
         run_prepare(image_folder, tmp_path)
     assert not (tmp_path / "prepared").exists()
@@ -236,7 +236,7 @@ def test_empty_class_folder_stops_before_decoding(image_folder, tmp_path, monkey
 def test_class_too_small_for_a_test_split_names_the_key(image_folder, tmp_path, monkeypatch):
     for path in sorted((image_folder / "triangle").iterdir())[2:]:
         path.unlink()
-    monkeypatch.setattr("transferkit.prepare.inspect_image", _must_not_decode)
+    monkeypatch.setattr("transferkit.data.prepare.inspect_image", _must_not_decode)
     with pytest.raises(TransferkitError, match=r"data.test_fraction=0.25 leaves no test image for class\(es\) triangle"):
         run_prepare(image_folder, tmp_path, min_images_per_class=1)
 
