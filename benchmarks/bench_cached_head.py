@@ -111,7 +111,7 @@ def main() -> None:
             table = read_table(work / "embeddings.npz")
             x = {name: table.rows(frame["sha256"].tolist()) for name, frame in split.items()}
             seed_everything(seed)
-            head = build_head(summary["embedding_dim"], n_classes, head_params, features=x["train"])
+            head = build_head(summary.embedding_dim, n_classes, head_params, features=x["train"])
             fit_head(head, x["train"], labels["train"], weights, (x["val"], labels["val"]), head_params, seed,
                      [clock("cached")], epochs=args.epochs)
             seconds = time.perf_counter() - start
@@ -125,7 +125,7 @@ def main() -> None:
             # The same head, standardisation included (its mean/variance are the train embeddings'; a
             # textbook user would adapt it with one pass over the images, not counted here).
             train_features = read_table(work / "embeddings.npz").rows(split["train"]["sha256"].tolist())
-            head = build_head(summary["embedding_dim"], n_classes, head_params, features=train_features)
+            head = build_head(summary.embedding_dim, n_classes, head_params, features=train_features)
             inputs = keras.Input((size, size, 3), name="image")
             model = keras.Model(inputs, head(backbone(inputs, training=False)))
             compile_classifier(model, head_params.learning_rate)
@@ -143,7 +143,7 @@ def main() -> None:
 
         (cached_seconds, cached_accuracy) = cached()
         (textbook_seconds, textbook_accuracy) = textbook()
-        print(f"one-time extraction of {summary['computed']} images: {extract_seconds:.1f} s "
+        print(f"one-time extraction of {summary.computed} images: {extract_seconds:.1f} s "
               f"(included in neither side below)")
         print(f"cached head:   {cached_seconds:7.2f} s for {args.epochs} epochs, test accuracy {cached_accuracy:.4f}")
         print(f"textbook:      {textbook_seconds:7.2f} s for {args.epochs} epochs, test accuracy {textbook_accuracy:.4f}")

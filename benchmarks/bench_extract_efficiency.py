@@ -97,9 +97,9 @@ def main() -> None:
             summary = extract(manifest, store, work / "embeddings.npz", params.backbone, params.extract,
                               params.data.seed)
             shutil.rmtree(store)
-            assert summary["computed"] == len(paths)
-            warmups.append(summary["warmup_seconds"])
-            return summary["images_per_second"]
+            assert summary.computed == len(paths)
+            warmups.append(summary.warmup_seconds)
+            return summary.images_per_second
 
         figures = common.interleaved({"bare": bare, "litert": bare_litert, "extract": real_extract}, args.repeats)
         # Other processes (and the hypervisor) only ever slow a round down, so each side's

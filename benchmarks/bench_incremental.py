@@ -49,12 +49,12 @@ def main() -> None:
         common.make_photos(photos, new, seed=1, sizes=(128, 192), prefix="new")
         common.prepare(photos, work / "prepared")
         rerun, rerun_seconds = common.timed(run)
-        assert (rerun["computed"], rerun["reused"]) == (new, full["computed"]), rerun
+        assert (rerun.computed, rerun.reused) == (new, full.computed), rerun
 
-        per_image = (full_seconds - rerun_seconds) / (full["computed"] - new)  # seconds per computed image
+        per_image = (full_seconds - rerun_seconds) / (full.computed - new)  # seconds per computed image
         fixed = rerun_seconds - new * per_image
-        print(f"full:  {full['computed']} images computed in {full_seconds:.1f} s")
-        print(f"rerun: {rerun['computed']} new images computed, {rerun['reused']} reused, in {rerun_seconds:.1f} s")
+        print(f"full:  {full.computed} images computed in {full_seconds:.1f} s")
+        print(f"rerun: {rerun.computed} new images computed, {rerun.reused} reused, in {rerun_seconds:.1f} s")
         print(f"(fixed cost of a run, estimated: {fixed:.1f} s; per image: {per_image * 1000:.1f} ms)")
         ratio = rerun_seconds / full_seconds
         common.ratio_line("incremental_rerun_fraction", ratio, "<= 0.10", ratio <= 0.10)

@@ -197,7 +197,7 @@ def main() -> None:
         head_probs = head.predict(read_table(out / "embeddings.npz").rows(test["sha256"].tolist()), verbose=0)
         y_test = test["label_index"].to_numpy()
         results["feature extraction"] = (head_probs.argmax(1) == y_test, feature_seconds,
-                                         f"head {head_summary['epochs_run']} epochs")
+                                         f"head {head_summary.epochs_run} epochs")
         print(f"feature extraction: {results['feature extraction'][0].mean():.4f} in {feature_seconds:.0f} s "
               f"(head: {json.dumps(head_summary)})", flush=True)
         auto_seconds = args.scratch_seconds
@@ -214,12 +214,12 @@ def main() -> None:
             auto_seconds = feature_seconds + time.perf_counter() - start
             predictions = __import__("pandas").read_csv(outputs.predictions)
             correct = (predictions["actual"] == predictions["predicted"]).to_numpy()
-            recipe = summary["recipe"]
+            recipe = summary.recipe
             results["fine-tuning (auto)"] = (correct, auto_seconds,
-                                             f"{recipe['strategy']} {recipe['blocks']} blocks, {summary['epochs_run']} "
-                                             f"epochs, published {summary['published']}")
+                                             f"{recipe['strategy']} {recipe['blocks']} blocks, {summary.epochs_run} "
+                                             f"epochs, published {summary.published}")
             print(f"fine-tuning (auto): {report['accuracy']:.4f} in {auto_seconds:.0f} s; "
-                  f"{json.dumps({k: v for k, v in summary.items() if k != 'recipe'})}", flush=True)
+                  f"{json.dumps({k: v for k, v in summary.metrics_file().items() if k != 'recipe'})}", flush=True)
             print("recipe:", json.dumps(recipe), flush=True)
         if "scratch" in arms:
             correct, seconds, epochs, _ = scratch_arm(out / "manifest.parquet", params, auto_seconds,

@@ -12,15 +12,8 @@ def main() -> None:
 
     from transferkit.data.prepare import prepare
 
-    params, tracking = stage.tracked("prepare", args)
-    with tracking as run:
-        report = prepare(args.source or params.data.source, args.manifest, args.report, params.data)
-        print(f"prepare: {report['images']} images in {len(report['classes'])} classes "
-              f"(train {sum(report['per_split']['train'].values())}, val {sum(report['per_split']['val'].values())}, "
-              f"test {sum(report['per_split']['test'].values())}); {len(report['rejected'])} rejected", flush=True)
-        run.log_metrics({"images": report["images"], "classes": len(report["classes"]),
-                         "rejected": len(report["rejected"]), "duplicate_files": report["duplicate_files"]})
-        run.log_artifact(args.report)
+    stage.run_stage("prepare", args, lambda params, run: prepare(args.source or params.data.source, args.manifest,
+                                                                 args.report, params.data))
 
 
 if __name__ == "__main__":

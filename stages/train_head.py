@@ -12,15 +12,12 @@ def main() -> None:
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args()
 
-    from transferkit.files import write_json
     from transferkit.train.train_head import train_head
 
-    params, tracking = stage.tracked("train_head", args)
-    with tracking as run:
-        result = train_head(args.manifest, args.embeddings, args.model, args.history, params.head,
-                            params.data.seed, tracker=run)
-        write_json(args.metrics, result)
-        run.log_metrics({k: v for k, v in result.items() if v is not None})
+    stage.run_stage("train_head", args, lambda params, run: train_head(args.manifest, args.embeddings, args.model,
+                                                                       args.history, params.head, params.data.seed,
+                                                                       tracker=run),
+                    metrics=args.metrics)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""What every stage script does around its work: quiet TF logs, clean errors.
+"""What every stage script does around its work: quiet TF logs, clean errors, and one way to record it.
 
 A TransferkitError (bad data, bad params, missing input) is printed as one
 message and exits 1: no stack trace for problems the user can fix.
+
+A stage script only parses its arguments and calls `run_stage` with its stage
+function: the runner opens the stage's MLflow run, calls the function, and
+records the StageResult it returns the same way for every stage (results.py).
 """
 
 from __future__ import annotations
@@ -85,6 +89,36 @@ def parser(description: str):
                    "used unless MLFLOW_TRACKING_URI is set")
     p.add_argument("--mlflow-artifacts", required=True, help="artifact folder of the local MLflow store")
     return p
+
+
+def run_stage(stage: str, args, work: Callable, *, metrics: str | None = None, record: bool = True) -> None:
+    """Run `work(params, run)` inside the stage's MLflow run and record the StageResult it returns.
+
+    metrics: the stage's metrics file (dvc.yaml `metrics:`), written before any gate can fail the stage.
+    record: False on a fine-tuning worker other than the chief: it trains, and writes and logs nothing."""
+    from transferkit.config import load_params
+    from transferkit.files import write_json
+
+    if not record:
+        work(load_params(args.params), None)
+        return
+    params, tracking = tracked(stage, args)
+    with tracking as run:
+        result = work(params, run)
+        for line in result.lines():
+            print(f"{stage}: {line}", flush=True)
+        if metrics is not None:
+            write_json(metrics, result.metrics_file())
+        run.log_metrics(result.run_metrics())
+        if result.run_params():
+            run.log_params(result.run_params())
+        if result.parent_metrics():
+            run.log_metrics(result.parent_metrics(), parent=True)
+        for artifact in result.artifacts():
+            run.log_artifact(artifact.path, artifact.folder, parent=artifact.parent)
+        result.check()
+        for line in result.finish(run):
+            print(f"{stage}: {line}", flush=True)
 
 
 def tracked(stage: str, args):

@@ -27,8 +27,8 @@ def run_extract(prepared, tmp_path, backbone=BACKBONE, table="embeddings.npz", *
 
 def test_extract_caches_and_reuses(prepared, tmp_path, image_folder, capsys):
     first = run_extract(prepared, tmp_path, batch_size=8, shard_size=10)
-    assert (first["computed"], first["reused"], first["embedding_dim"]) == (24, 0, 1280)
-    store = EmbeddingStore(tmp_path / "store" / first["key"])
+    assert (first.computed, first.reused, first.embedding_dim) == (24, 0, 1280)
+    store = EmbeddingStore(tmp_path / "store" / first.key)
     assert len(store.shards()) == 3  # 24 images, 10 per shard: 10 + 10 + 4
     assert "images/s" in capsys.readouterr().err  # progress with throughput
 
@@ -36,13 +36,13 @@ def test_extract_caches_and_reuses(prepared, tmp_path, image_folder, capsys):
     table = read_table(tmp_path / "embeddings.npz")
     embeddings = table.rows(manifest["sha256"].tolist())
     assert embeddings.shape == (24, 1280) and np.isfinite(embeddings).all()
-    assert table.spec["key"] == first["key"] and table.spec["image_size"] == 32
+    assert table.spec["key"] == first.key and table.spec["image_size"] == 32
 
     # Add images: only the new ones are computed, the old embeddings are untouched.
     make_image_folder(image_folder, per_class=2, seed=1)
     prepare_into(image_folder, prepared.parent, **SPLITS)
     second = run_extract(prepared, tmp_path, batch_size=8, shard_size=10)
-    assert (second["computed"], second["reused"]) == (6, 24)
+    assert (second.computed, second.reused) == (6, 24)
     grown = read_table(tmp_path / "embeddings.npz")
     assert len(grown.hashes) == 30
     np.testing.assert_array_equal(grown.rows(manifest["sha256"].tolist()), embeddings)
@@ -76,16 +76,16 @@ def test_embeddings_match_a_direct_forward_pass(prepared, tmp_path):
 def test_litert_runtime_matches_tensorflow_and_is_a_cache_key_of_its_own(prepared, tmp_path, capsys):
     tensorflow = run_extract(prepared, tmp_path, table="tf.npz", batch_size=5)
     litert = run_extract(prepared, tmp_path, table="litert.npz", batch_size=5, runtime="litert")
-    assert litert["key"] != tensorflow["key"] and litert["computed"] == tensorflow["computed"] > 0
-    assert (tmp_path / "store" / litert["key"] / "backbone.tflite").exists()  # converted once, kept with its key
+    assert litert.key != tensorflow.key and litert.computed == tensorflow.computed > 0
+    assert (tmp_path / "store" / litert.key / "backbone.tflite").exists()  # converted once, kept with its key
     a, b = read_table(tmp_path / "tf.npz"), read_table(tmp_path / "litert.npz")
     assert b.spec["runtime"] == "litert" and a.spec["runtime"] == "tensorflow"
     np.testing.assert_allclose(b.embeddings, a.embeddings, atol=1e-4)
     assert "converting the backbone to LiteRT" in capsys.readouterr().out
-    for shard in (tmp_path / "store" / litert["key"]).glob("shard-*.npz"):
+    for shard in (tmp_path / "store" / litert.key).glob("shard-*.npz"):
         shard.unlink()
     again = run_extract(prepared, tmp_path, table="litert.npz", runtime="litert")
-    assert again["computed"] == litert["computed"] and "converting" not in capsys.readouterr().out
+    assert again.computed == litert.computed and "converting" not in capsys.readouterr().out
 
 
 def test_auto_runtime_is_litert_on_cpu_and_tensorflow_on_gpu():
@@ -99,8 +99,8 @@ def test_new_weights_or_size_never_reuse_stale_embeddings(prepared, tmp_path):
     base = run_extract(prepared, tmp_path)
     other_size = run_extract(prepared, tmp_path, BACKBONE.model_copy(update={"image_size": 48}))
     random_init = run_extract(prepared, tmp_path, BACKBONE.model_copy(update={"weights": "none"}))
-    assert len({base["key"], other_size["key"], random_init["key"]}) == 3
-    assert other_size["computed"] == random_init["computed"] == 24
+    assert len({base.key, other_size.key, random_init.key}) == 3
+    assert other_size.computed == random_init.computed == 24
 
 
 def test_missing_embeddings_are_an_error(prepared, tmp_path):
@@ -124,15 +124,15 @@ def test_changed_weights_file_or_preprocessing_never_reuse_stale_embeddings(prep
     kernel.assign(kernel.numpy() + 1e-3)
     model.save_weights(weights)
     second = run_extract(prepared, tmp_path, from_file)
-    assert second["key"] != first["key"] and second["computed"] == 24 and second["reused"] == 0
+    assert second.key != first.key and second.computed == 24 and second.reused == 0
 
     # A change to how pixels are decoded or resized gets a new key too.
     monkeypatch.setattr("transferkit.embeddings.extract.RESIZE_SPEC", "pil-exif-rgb-bicubic-squash-v2")
     third = run_extract(prepared, tmp_path, from_file)
-    assert third["key"] not in (first["key"], second["key"]) and third["computed"] == 24
+    assert third.key not in (first.key, second.key) and third.computed == 24
 
     # The downstream stages read the embeddings of the key the last extract wrote.
-    assert read_table(tmp_path / "embeddings.npz").spec["key"] == third["key"]
+    assert read_table(tmp_path / "embeddings.npz").spec["key"] == third.key
 
 
 def test_decoded_batches_keep_order_and_match_load_rgb(image_folder):

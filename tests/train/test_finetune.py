@@ -71,7 +71,7 @@ def test_gradual_unfreezes_whole_blocks_from_the_top_and_never_moves_batchnorm(t
              if layer.weights}
     result = run_finetune(root, "gradual", FinetuneParams(strategy="gradual", blocks=2, epochs=2, learning_rate=1e-3,
                                                           flip=False, patience=5), tracker=recorder)
-    assert result["strategy"] == "gradual" and result["epochs_run"] == 2
+    assert result.strategy == "gradual" and result.epochs_run == 2
     bn = {name for name in fresh if name.endswith("_bn")}
     first, second = changed_layers(fresh, recorder.epochs[0]), changed_layers(fresh, recorder.epochs[1])
     assert not (first | second) & bn, "a BatchNorm weight or moving statistic changed"
@@ -108,7 +108,7 @@ def published_matches_backbone_plus_head(root, name):
 def test_head_strategy_publishes_backbone_plus_head(trained_head):
     root = trained_head
     result = run_finetune(root, "plain", FinetuneParams(strategy="head"))
-    assert (result["published"], result["epochs_run"]) == ("head", 0)
+    assert (result.published, result.epochs_run) == ("head", 0)
     published_matches_backbone_plus_head(root, "plain")
 
 
@@ -125,9 +125,9 @@ def test_a_finetune_that_hurts_on_val_publishes_the_head(trained_head, monkeypat
     monkeypatch.setattr(module, "_train", harmful_training)
     root = trained_head
     result = run_finetune(root, "wrecked", FinetuneParams(strategy="full", epochs=1, flip=False))
-    assert result["published"] == "head" and "no fine-tuned epoch beats the head" in result["published_why"]
-    assert "(best: epoch 1/1," in result["published_why"]  # numbered as Keras prints it, not from 0
-    assert result["val_accuracy"] == result["head_val_accuracy"]
+    assert result.published == "head" and "no fine-tuned epoch beats the head" in result.published_why
+    assert "(best: epoch 1/1," in result.published_why  # numbered as Keras prints it, not from 0
+    assert result.val_accuracy == result.head_val_accuracy
     published_matches_backbone_plus_head(root, "wrecked")
 
 
@@ -154,7 +154,7 @@ def test_interrupted_finetune_resumes_from_last_epoch(trained_head, capsys):
     capsys.readouterr()
     result = run_finetune(root, "resumed", params)
     assert "resuming after epoch 0" in capsys.readouterr().out
-    assert result["epochs_run"] == 3
+    assert result.epochs_run == 3
     assert pd.read_csv(root / "resumed.csv")["epoch"].tolist() == [0, 1, 2]
     assert not (root / "ckpt-resumed").exists()  # cleared once published
 

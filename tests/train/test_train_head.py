@@ -54,10 +54,10 @@ def test_train_head_learns_and_writes_outputs(tmp_path):
     manifest = write_fake_features(tmp_path)
     result = train_head(manifest, tmp_path / "embeddings.npz", tmp_path / "head.keras", tmp_path / "history.csv",
                         HeadParams(epochs=40, patience=5, learning_rate=0.01), seed=0)
-    assert result["val_accuracy"] >= 0.9
+    assert result.val_accuracy >= 0.9
     history = pd.read_csv(tmp_path / "history.csv")
     assert list(history.columns[:5]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
-    assert len(history) == result["epochs_run"]
+    assert len(history) == result.epochs_run
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     import keras
 

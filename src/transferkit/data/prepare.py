@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,28 @@ import pandas as pd
 from transferkit.config import DataParams
 from transferkit.errors import TransferkitError
 from transferkit.files import atomic_path, write_json
+from transferkit.results import Artifact, StageResult
 from transferkit.data.images import IMAGE_SUFFIXES, ImageRejected, inspect_image, sha256_file
 from transferkit.data.manifest import MANIFEST_COLUMNS, SPLITS
 from transferkit.data.sources import Candidate, display_path, read_manifest, scan_folder
+
+
+@dataclass(frozen=True)
+class PrepareResult(StageResult):
+    report: dict  # the data report, as written to report_path
+    report_path: Path
+
+    def lines(self) -> list[str]:
+        split = {s: sum(self.report["per_split"][s].values()) for s in SPLITS}
+        return [f"{self.report['images']} images in {len(self.report['classes'])} classes (train {split['train']}, "
+                f"val {split['val']}, test {split['test']}); {len(self.report['rejected'])} rejected"]
+
+    def run_metrics(self) -> dict[str, float]:
+        return {"images": self.report["images"], "classes": len(self.report["classes"]),
+                "rejected": len(self.report["rejected"]), "duplicate_files": self.report["duplicate_files"]}
+
+    def artifacts(self) -> list[Artifact]:
+        return [Artifact(self.report_path)]
 
 
 def validate(candidates: list[Candidate], params: DataParams) -> tuple[pd.DataFrame, list[dict]]:
@@ -157,7 +177,7 @@ def _check_class_sizes(counts: Counter, labels: list[str], params: DataParams, s
             f"({counted}: {', '.join(str(counts[c]) for c in no_test)}); raise data.test_fraction or add images")
 
 
-def prepare(source: str | Path, manifest_path: str | Path, report_path: str | Path, params: DataParams) -> dict:
+def prepare(source: str | Path, manifest_path: str | Path, report_path: str | Path, params: DataParams) -> PrepareResult:
     """Run the whole stage; write the manifest (Parquet) and the data report (JSON).
 
     Outputs are written only when the whole stage succeeds, each atomically:
@@ -221,4 +241,4 @@ def prepare(source: str | Path, manifest_path: str | Path, report_path: str | Pa
     with atomic_path(manifest_path) as tmp:
         frame.to_parquet(tmp, index=False)
     write_json(report_path, report)
-    return report
+    return PrepareResult(report, Path(report_path))

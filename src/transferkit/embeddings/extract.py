@@ -10,6 +10,7 @@ embeddings of exactly the manifest's images are written as one table
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,38 @@ from transferkit.files import atomic_path
 from transferkit.data.images import RESIZE_SPEC
 from transferkit.data.manifest import load_manifest
 from transferkit.progress import Progress
+from transferkit.results import StageResult
 from transferkit.seeding import seed_everything
 from transferkit.embeddings.store import EmbeddingStore, ShardWriter
+
+
+@dataclass(frozen=True)
+class ExtractResult(StageResult):
+    key: str  # the store key folder the embeddings are in
+    embedding_dim: int
+    distinct_images: int
+    computed: int
+    reused: int
+    batch_size: int
+    seconds: float  # decoding and computing, after the warm-up
+    warmup_seconds: float
+    images_per_second: float | None
+
+    def lines(self) -> list[str]:
+        if not self.computed:
+            return []
+        return [f"{self.computed} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, "
+                f"after a {self.warmup_seconds:.1f} s warm-up)"]
+
+    def metrics_file(self) -> dict:
+        """Counts only: timings differ from run to run on the same inputs, so they go to MLflow and the terminal."""
+        return {"distinct_images": self.distinct_images, "computed": self.computed, "reused": self.reused}
+
+    def run_metrics(self) -> dict[str, float]:
+        timings = {"seconds": self.seconds, "warmup_seconds": self.warmup_seconds,
+                   "images_per_second": self.images_per_second}
+        return {**self.metrics_file(), **{k: v for k, v in timings.items() if v is not None},
+                "batch_size": self.batch_size}
 
 
 def embedder(model):
@@ -53,7 +84,7 @@ def litert_embedder(model, folder: Path):
 
 
 def extract(manifest_path: str | Path, store_root: str | Path, table_path: str | Path,
-            backbone_params: BackboneParams, extract_params: ExtractParams, seed: int) -> dict:
+            backbone_params: BackboneParams, extract_params: ExtractParams, seed: int) -> ExtractResult:
     """Compute the embeddings the store lacks for the manifest's images; write the table."""
     import tensorflow as tf
 
@@ -101,14 +132,8 @@ def extract(manifest_path: str | Path, store_root: str | Path, table_path: str |
     seconds = time.perf_counter() - started
     hashes = sorted(first_path.index)
     write_table(table_path, hashes, store.lookup(hashes), {**spec, "key": store.key})
-    return {
-        "key": store.key,
-        "embedding_dim": int(model.output_shape[-1]),
-        "distinct_images": int(len(first_path)),
-        "computed": len(todo),
-        "reused": int(len(first_path) - len(todo)),
-        "batch_size": batch_size,
-        "seconds": round(seconds, 3),  # decoding and computing, after the warm-up
-        "warmup_seconds": round(warmup, 3),
-        "images_per_second": round(len(todo) / seconds, 2) if todo and seconds > 0 else None,
-    }
+    return ExtractResult(
+        key=store.key, embedding_dim=int(model.output_shape[-1]), distinct_images=int(len(first_path)),
+        computed=len(todo), reused=int(len(first_path) - len(todo)), batch_size=batch_size,
+        seconds=round(seconds, 3), warmup_seconds=round(warmup, 3),
+        images_per_second=round(len(todo) / seconds, 2) if todo and seconds > 0 else None)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,40 @@ from transferkit.data.manifest import classes_of, load_manifest, split_of
 from transferkit.train.optimizers import compile_finetune, make_optimizer
 from transferkit.deliver.published import ModelInfo, assemble, save_published
 from transferkit.train.recipe import Facts, Recipe, resolve
+from transferkit.results import StageResult
 from transferkit.seeding import seed_everything
 from transferkit.train.common import nan_guard, write_history
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneResult(StageResult):
+    """The recipe used and why, what was trained, and which candidate was published and why."""
+    strategy: str
+    case: str
+    per_class: float  # median labelled train images per class
+    head_val_accuracy: float | None  # None without a val split
+    epochs_run: int
+    batch_size: int
+    head_val_loss: float | None = None  # with the fine-tune's label smoothing, so it compares with its val_loss
+    best_epoch: int | None = None  # Keras' index of the best fine-tuned epoch, from 0
+    finetune_val_accuracy: float | None = None
+    finetune_val_loss: float | None = None
+    published: str  # head | finetuned
+    published_why: str
+    val_accuracy: float | None = None  # of the published model
+    val_loss: float | None = None
+    recipe: dict = field(default_factory=dict)
+
+    def metrics_file(self) -> dict:
+        """Every field; an optional one only when it has a value."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None or (f.default is MISSING and f.default_factory is MISSING)}
+
+    def run_params(self) -> dict[str, str]:
+        # What the recipe resolved to (auto fills the knobs left null), and why: beside finetune.* as set.
+        return {**{f"recipe.{k}": v for k, v in self.recipe.items() if k != "reasons"},
+                "recipe.reasons": " | ".join(self.recipe["reasons"])[:6000], "published": self.published,
+                "published_why": self.published_why[:6000]}
 
 
 def augmenter(recipe: Recipe, seed: int):
@@ -87,7 +120,7 @@ def flip_scores(backbone, head, val, plain_probs: np.ndarray, image_size: int, b
 def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: str | Path,
              model_path: str | Path, info_path: str | Path, history_path: str | Path,
              checkpoint_dir: str | Path, backbone_params: BackboneParams, params: FinetuneParams, seed: int,
-             tracker=None) -> dict:
+             tracker=None) -> FinetuneResult:
     cluster = distributed.cluster_from_env()
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
@@ -173,18 +206,18 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     if len(val):
         summary["val_accuracy"] = head_accuracy if published == "head" else summary["finetune_val_accuracy"]
         summary["val_loss"] = summary["head_val_loss"] if published == "head" else summary["finetune_val_loss"]
-    summary["recipe"] = recipe.as_dict()
+    result = FinetuneResult(**summary, recipe=recipe.as_dict())
 
     if not cluster.chief:
         print(f"finetune: worker {cluster.index} done; the chief (worker 0) writes the model", flush=True)
-        return summary
+        return result
     info = ModelInfo(classes=classes, image_size=backbone_params.image_size, backbone=backbone_params.name,
                      backbone_weights_sha256=fingerprint)
     save_published(model, info, model_path, info_path)
     write_history(history, history_path)
     if ckpt is not None:
         ckpt.clear()  # done: a later run with the same inputs must train, not resume a finished run
-    return summary
+    return result
 
 
 def _build(backbone_params: BackboneParams, head_path: str | Path, seed: int):

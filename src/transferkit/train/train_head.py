@@ -15,6 +15,7 @@ are fixed); the fine-tune stage is where augmentation happens.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,26 @@ from transferkit.config import HeadParams
 from transferkit.embeddings.table import read_table
 from transferkit.files import atomic_path
 from transferkit.data.manifest import classes_of, load_manifest, split_of
+from transferkit.results import StageResult
 from transferkit.seeding import seed_everything
 from transferkit.train.common import class_weights, compile_classifier, nan_guard, write_history
+
+
+@dataclass(frozen=True)
+class TrainHeadResult(StageResult):
+    batch_size: int
+    epochs_run: int
+    best_epoch: int  # from 0, like the epoch column of the history CSV
+    converged: bool  # stopped by early stopping, not by the epoch cap
+    train_accuracy: float
+    val_accuracy: float | None  # None without a val split
+    val_loss: float | None
+
+    def metrics_file(self) -> dict:
+        return asdict(self)
+
+    def run_metrics(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items() if v is not None}
 
 
 def standardiser(features: np.ndarray | None, embedding_dim: int):
@@ -88,7 +107,7 @@ def fit_head(model, x: np.ndarray, y: np.ndarray, weights: dict[int, float] | No
 
 
 def train_head(manifest_path: str | Path, embeddings_path: str | Path, model_path: str | Path,
-               history_path: str | Path, params: HeadParams, seed: int, tracker=None) -> dict:
+               history_path: str | Path, params: HeadParams, seed: int, tracker=None) -> TrainHeadResult:
     import keras
 
     seed_everything(seed)
@@ -120,12 +139,6 @@ def train_head(manifest_path: str | Path, embeddings_path: str | Path, model_pat
     with atomic_path(model_path) as tmp:
         model.save(tmp)
     best = min(rows, key=lambda r: r[monitor])
-    return {
-        "batch_size": params.batch_size,
-        "epochs_run": len(rows),
-        "best_epoch": best["epoch"],
-        "converged": len(rows) < params.epochs,  # stopped by early stopping, not by the epoch cap
-        "train_accuracy": best["accuracy"],
-        "val_accuracy": best.get("val_accuracy"),
-        "val_loss": best.get("val_loss"),
-    }
+    return TrainHeadResult(batch_size=params.batch_size, epochs_run=len(rows), best_epoch=best["epoch"],
+                           converged=len(rows) < params.epochs, train_accuracy=best["accuracy"],
+                           val_accuracy=best.get("val_accuracy"), val_loss=best.get("val_loss"))
