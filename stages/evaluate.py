@@ -53,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, "evaluate")
+    stage.run_script(main, "evaluate")

@@ -41,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, "export")
+    stage.run_script(main, "export")

@@ -19,4 +19,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, "extract")
+    stage.run_script(main, "extract")

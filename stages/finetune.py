@@ -27,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, "finetune")
+    stage.run_script(main, "finetune")

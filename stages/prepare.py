@@ -17,4 +17,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, "prepare")
+    stage.run_script(main, "prepare")

@@ -21,4 +21,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, "train_head")
+    stage.run_script(main, "train_head")

@@ -13,7 +13,7 @@ def main():
     os.write(2, b"E0000 some_kernel.cc:1] a real error\\n")
     raise TransferkitError("boom")
 
-stage.run(main, "demo")
+stage.run_script(main, "demo")
 """
 
 

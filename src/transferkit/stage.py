@@ -63,7 +63,8 @@ def filter_stderr(harmless: tuple[bytes, ...] = HARMLESS_STDERR) -> None:
     atexit.register(restore)
 
 
-def run(main: Callable[[], None], stage: str) -> None:
+def run_script(main: Callable[[], None], stage: str) -> None:
+    """What a stage script runs under: quiet TensorFlow, no usage reports, a TransferkitError as one line (exit 1)."""
     from transferkit.errors import TransferkitError
 
     quiet_tensorflow()
