@@ -7,11 +7,18 @@ sees either the old file or the whole new one.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+import numpy as np
+
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 
 
 @contextmanager
@@ -59,6 +66,20 @@ def _alive(pid: int) -> bool:
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """An uncompressed `.npz` (what `np.load` reads) whose bytes depend only on `arrays`.
+
+    numpy's own savez stamps each member with the current time, so the same
+    arrays written twice differ and DVC sees a new file; here every member gets
+    one fixed time. Arrays are written without pickle.
+    """
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_TIME), buffer.getvalue())
 
 
 def read_json(path: str | Path) -> Any:
