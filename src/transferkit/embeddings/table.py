@@ -7,9 +7,9 @@ embeddings do, whichever backbones the store has also seen.
 One `.npz` file with three arrays: `sha256` (sorted, distinct), `embeddings`
 (float32, one row per hash) and `spec` (the JSON the store key hashes:
 backbone, weights fingerprint, image size, decoding, dtype). The same inputs
-give the same bytes (`files.write_npz`, unlike numpy's savez, stamps no time
-into the file), which lets DVC see an unchanged table as unchanged and restore
-later stages from its run-cache.
+give the same bytes (`files.write_npz`: no time in the file, rows sorted by
+hash), which lets DVC see an unchanged table as unchanged and restore later
+stages from its run-cache.
 """
 
 from __future__ import annotations
