@@ -63,9 +63,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_json(path: str | Path, data: Any) -> None:
+def write_json(path: str | Path, data: Any, sort_keys: bool = False) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
 
 
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
