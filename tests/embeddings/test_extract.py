@@ -1,14 +1,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_image_folder, prepare_into
 
 from transferkit.config import BackboneParams, ExtractParams
-from transferkit.embeddings.table import read_table
-from transferkit.errors import TransferkitError
 from transferkit.embeddings.extract import extract
 from transferkit.embeddings.store import EmbeddingStore
-
-from conftest import make_image_folder, prepare_into
+from transferkit.embeddings.table import read_table
+from transferkit.errors import TransferkitError
 
 BACKBONE = BackboneParams(name="efficientnet_lite0", weights="imagenet", image_size=32)
 SPLITS = {"val_fraction": 0.25, "test_fraction": 0.25}
@@ -46,6 +45,17 @@ def test_extract_caches_and_reuses(prepared, tmp_path, image_folder, capsys):
     grown = read_table(tmp_path / "embeddings.npz")
     assert len(grown.hashes) == 30
     np.testing.assert_array_equal(grown.rows(manifest["sha256"].tolist()), embeddings)
+
+
+def test_two_fresh_runs_write_byte_identical_store_folders(prepared, tmp_path):
+    """The same embeddings give the same files, names and bytes: dvc.lock keeps the store's hash, and
+    `dvc push` uploads nothing new."""
+    first = run_extract(prepared, tmp_path / "a", shard_size=10)
+    second = run_extract(prepared, tmp_path / "b", shard_size=10)
+    assert first["key"] == second["key"]
+    folders = [tmp_path / run / "store" / first["key"] for run in ("a", "b")]
+    contents = [{p.name: p.read_bytes() for p in sorted(folder.iterdir())} for folder in folders]
+    assert contents[0] == contents[1] and len(contents[0]) == 1 + 3  # spec.json and 10 + 10 + 4 embeddings
 
 
 def test_the_table_holds_exactly_the_manifest_and_is_byte_identical_for_the_same_inputs(prepared, tmp_path):

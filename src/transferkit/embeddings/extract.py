@@ -4,7 +4,7 @@ New embeddings go to the content-addressed store (store.py), in shards of
 `extract.shard_size` written atomically: a killed run loses at most the shard
 in flight, and memory stays flat however many images there are. Then the
 embeddings of exactly the manifest's images are written as one table
-(embeddings.py), the only thing later stages read.
+(table.py), the only thing later stages read.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from transferkit import device
-from transferkit.deliver import runtimes
 from transferkit.backbones.build import build_backbone, weights_fingerprint
 from transferkit.config import BackboneParams, ExtractParams
 from transferkit.data.datasets import decoded_batches
-from transferkit.embeddings.table import write_table
-from transferkit.files import atomic_path
 from transferkit.data.images import RESIZE_SPEC
 from transferkit.data.manifest import load_manifest
+from transferkit.deliver import runtimes
+from transferkit.embeddings.store import EmbeddingStore, ShardWriter
+from transferkit.embeddings.table import write_table
+from transferkit.files import atomic_path
 from transferkit.progress import Progress
 from transferkit.results import StageResult
 from transferkit.seeding import seed_everything
-from transferkit.embeddings.store import EmbeddingStore, ShardWriter
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def extract(manifest_path: str | Path, store_root: str | Path, table_path: str |
 
     # One file per distinct content: duplicates share an embedding.
     first_path = manifest.drop_duplicates("sha256").set_index("sha256")["path"]
-    todo = sorted(set(first_path.index) - store.known_hashes())
+    todo = store.missing(first_path.index)  # sorted: a resumed run splits shards where an uninterrupted one does
     print(f"extract: {len(first_path)} distinct images, {len(first_path) - len(todo)} cached, "
           f"{len(todo)} to compute with {backbone_params.name} on {plan.device} ({runtime}, {plan.policy}, "
           f"batch {batch_size})", flush=True)

@@ -6,26 +6,22 @@ embeddings do, whichever backbones the store has also seen.
 
 One `.npz` file with three arrays: `sha256` (sorted, distinct), `embeddings`
 (float32, one row per hash) and `spec` (the JSON the store key hashes:
-backbone, weights fingerprint, image size, decoding, dtype, runtime). The same inputs
-give the same bytes: numpy's own savez stamps each member with the current
-time, so the zip is written here with a fixed one, which lets DVC see an
-unchanged table as unchanged and restore later stages from its run-cache.
+backbone, weights fingerprint, image size, decoding, dtype, runtime). The same
+inputs give the same bytes (`files.write_npz`: no time in the file, rows sorted
+by hash), which lets DVC see an unchanged table as unchanged and restore later
+stages from its run-cache.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from transferkit.errors import TransferkitError
-from transferkit.files import atomic_path
-
-ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
+from transferkit.files import write_npz
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,8 @@ class EmbeddingTable:
         index = np.searchsorted(self.hashes, hashes)
         index = np.minimum(index, len(self.hashes) - 1)
         if len(hashes) and (len(self.hashes) == 0 or not np.all(self.hashes[index] == np.asarray(hashes))):
-            raise TransferkitError("the embedding table lacks images of the manifest; re-run extract (dvc repro extract)")
+            raise TransferkitError("the embedding table lacks images of the manifest; "
+                                   "re-run extract (dvc repro extract)")
         return self.embeddings[index]
 
 
@@ -54,11 +51,7 @@ def write_table(path: str | Path, hashes: list[str], embeddings: np.ndarray, spe
         "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)[order],
         "spec": np.asarray(json.dumps(spec, sort_keys=True)),
     }
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for name, array in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, array, allow_pickle=False)
-            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_TIME), buffer.getvalue())
+    write_npz(path, arrays)
 
 
 def read_table(path: str | Path) -> EmbeddingTable:
