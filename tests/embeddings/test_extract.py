@@ -52,8 +52,8 @@ def test_two_fresh_runs_write_byte_identical_store_folders(prepared, tmp_path):
     `dvc push` uploads nothing new."""
     first = run_extract(prepared, tmp_path / "a", shard_size=10)
     second = run_extract(prepared, tmp_path / "b", shard_size=10)
-    assert first["key"] == second["key"]
-    folders = [tmp_path / run / "store" / first["key"] for run in ("a", "b")]
+    assert first.key == second.key
+    folders = [tmp_path / run / "store" / first.key for run in ("a", "b")]
     contents = [{p.name: p.read_bytes() for p in sorted(folder.iterdir())} for folder in folders]
     assert contents[0] == contents[1] and len(contents[0]) == 1 + 3  # spec.json and 10 + 10 + 4 embeddings
 
