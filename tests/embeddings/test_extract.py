@@ -127,7 +127,7 @@ def test_changed_weights_file_or_preprocessing_never_reuse_stale_embeddings(prep
     assert second["key"] != first["key"] and second["computed"] == 24 and second["reused"] == 0
 
     # A change to how pixels are decoded or resized gets a new key too.
-    monkeypatch.setattr("transferkit.extract.RESIZE_SPEC", "pil-exif-rgb-bicubic-squash-v2")
+    monkeypatch.setattr("transferkit.embeddings.extract.RESIZE_SPEC", "pil-exif-rgb-bicubic-squash-v2")
     third = run_extract(prepared, tmp_path, from_file)
     assert third["key"] not in (first["key"], second["key"]) and third["computed"] == 24
 
