@@ -4,24 +4,31 @@
 feeds the backbone during extraction. Both decode through `images.load_rgb`
 (Pillow, which releases the GIL while decoding) so every stage sees the same
 pixels, and both keep order: row i of the output is file i of the input.
+TensorFlow is imported only when `image_dataset` is called, so the served
+model, which has no TensorFlow, can import this module.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from transferkit.data.images import load_rgb
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def image_dataset(paths: Sequence[str], image_size: int, batch_size: int,
                   labels: Sequence[int] | None = None, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """Batches of (N, size, size, 3) uint8 images, with int32 labels when given."""
+    import tensorflow as tf
+
     paths = [str(p) for p in paths]
 
     def decode(path: bytes) -> np.ndarray:
