@@ -1,6 +1,7 @@
 """The export stage's files and parity gate, on a tiny real model (the colour model: milliseconds per image)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +65,30 @@ def test_each_file_runs_in_its_own_runtime_on_raw_pixels(exported):
         assert runner(pixels[:1]).shape == (1, 3)  # another batch size: resized, not an error
     with pytest.raises(ValueError, match="expected one of tensorflow, litert, onnxruntime"):
         runtimes.runner(model, "onnx")
+
+
+def test_the_served_model_classifies_with_the_onnx_file_without_tensorflow(exported):
+    """What MLflow's server does with the registered model, in a fresh process: load it, classify one file."""
+    import subprocess
+    import sys
+
+    root, _, _, summary = exported
+    folder = root / "export"
+    code = f"""
+import base64, sys
+from types import SimpleNamespace
+import pandas as pd
+from transferkit.deliver.serving import ImageClassifier
+model = ImageClassifier()
+model.load_context(SimpleNamespace(artifacts={{"model": {str(folder / "model.onnx")!r},
+                                               "info": {str(folder / "model.onnx.json")!r}}}))
+image = base64.b64encode(open({summary["example"]!r}, "rb").read()).decode()
+print(model.predict(None, pd.DataFrame({{"image": [image]}}))["label"][0])
+assert "tensorflow" not in sys.modules, "tensorflow imported"
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == Path(summary["example"]).parent.name
 
 
 def test_the_gate_names_the_file_and_the_figure():

@@ -10,10 +10,11 @@ and input spec.
 
 The parity gate then runs each file through its own runtime (TensorFlow,
 the LiteRT interpreter, onnxruntime; runtimes.runner) on the test images,
-decoded by the pipeline's one decoder, and compares it with the Keras
-model. A float32 file fails the stage when a probability differs by more
-than FLOAT_TOLERANCE, or when it changes a prediction the Keras model makes
-by a clear margin; a quantized file (export.quantize) fails when it agrees on fewer than
+decoded once by the pipeline's one decoder, and compares it with the Keras
+model, each through inference.predict_batches. A float32 file fails the
+stage when a probability differs by more than FLOAT_TOLERANCE, or when it
+changes a prediction the Keras model makes by a clear margin; a quantized
+file (export.quantize) fails when it agrees on fewer than
 QUANTIZED_MIN_AGREEMENT of the predictions or loses more than
 QUANTIZED_MAX_ACCURACY_DROP of accuracy.
 """
@@ -31,6 +32,7 @@ from transferkit.config import ExportParams
 from transferkit.data.datasets import decoded_batches
 from transferkit.data.manifest import load_manifest, split_of
 from transferkit.deliver import runtimes
+from transferkit.deliver.inference import predict_batches
 from transferkit.deliver.published import ModelInfo
 from transferkit.errors import TransferkitError
 from transferkit.files import write_json
@@ -189,7 +191,8 @@ def export(manifest_path: str | Path, model, info: ModelInfo, folder: str | Path
     if test.empty:
         raise TransferkitError("data.test_fraction: the test split is empty; the parity gate needs test images")
     size = info.image_size
-    pixels = np.concatenate(list(decoded_batches(test["path"].tolist(), size, params.batch_size))).astype(np.float32)
+    # Decoded once, kept as uint8 (a quarter of float32's memory): every runner casts to float32 itself.
+    batches = list(decoded_batches(test["path"].tolist(), size, params.batch_size))
     labels = test["label_index"].to_numpy()
     calibration = None
     if params.quantize == "int8":
@@ -210,10 +213,9 @@ def export(manifest_path: str | Path, model, info: ModelInfo, folder: str | Path
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    reference = runtimes.in_batches(runtimes.keras_runner(model), pixels, params.batch_size)
+    reference = predict_batches(runtimes.runner(model, "tensorflow"), batches).plain
     keras_accuracy = float((reference.argmax(axis=1) == labels).mean())
-    figures = {a.name: compare(reference, runtimes.in_batches(a.runner(folder), pixels, params.batch_size), labels)
-               for a in artifacts}
+    figures = {a.name: compare(reference, predict_batches(a.runner(folder), batches).plain, labels) for a in artifacts}
     summary = {"test_images": int(len(labels)), "keras_accuracy": keras_accuracy, "artifacts": figures}
     write_json(metrics_path, summary)
     failures = [f"{folder / a.file} ({a.runtime}): {why}" for a in artifacts

@@ -9,7 +9,7 @@ runtime)` builds one from a Keras model or an exported file:
     onnxruntime  an .onnx file
 
 To add a runtime: write its `<name>_runner(source) -> Runner` below and add it
-to RUNNERS; `runner` then builds it.
+to RUNNERS; `runner` then builds it, and inference.predict_batches runs it.
 
 The export stage's parity gate runs every exported file through its own
 runtime; `extract`, `evaluate` and `predict` run the Keras model through
@@ -202,7 +202,3 @@ def to_litert(source, quantize: str = "none", calibration: np.ndarray | None = N
         converter.representative_dataset = representative
     with contextlib.redirect_stdout(io.StringIO()):  # "Saved artifact at '/tmp/...'": not for a user's stdout
         return converter.convert()
-
-
-def in_batches(run: Runner, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([run(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)])
