@@ -42,7 +42,7 @@ def main() -> None:
     from transferkit.deliver import runtimes
     from transferkit.backbones.build import build_backbone
     from transferkit.config import load_params
-    from transferkit.embeddings.extract import embedder, extract
+    from transferkit.embeddings.extract import extract
     from transferkit.data.images import load_rgb
 
     params = load_params(common.REPO / "params.yaml")
@@ -69,8 +69,8 @@ def main() -> None:
         pixels = np.stack([load_rgb(p, size) for p in paths])  # decoded once, outside any timing
         decode_cpu = (time.process_time() - decode_start) / len(paths)  # CPU seconds per image, one thread
         batches = [pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)]
-        infer = embedder(model)  # extract's TensorFlow graph, warmed up like extract warms it up
-        infer(batches[0]).numpy()
+        infer = runtimes.keras_runner(model)  # extract's TensorFlow graph, warmed up like extract warms it up
+        infer(batches[0])
         lite = runtimes.litert_runner(runtimes.to_litert(model))
         lite(batches[0])
         bare_cpu: list[float] = []  # CPU seconds per image the backbone uses (all its threads)
@@ -84,7 +84,7 @@ def main() -> None:
         def bare() -> float:
             cpu_start, start = _cpu_seconds(), time.perf_counter()
             for batch in batches:
-                infer(batch).numpy()
+                infer(batch)
             seconds = time.perf_counter() - start
             bare_cpu.append((_cpu_seconds() - cpu_start) / len(pixels))
             return len(pixels) / seconds

@@ -92,15 +92,13 @@ def child(args) -> None:
     import keras
 
     from transferkit.backbones.build import build_backbone
-    from transferkit.embeddings.extract import embedder
+    from transferkit.deliver import runtimes
 
     model = build_backbone("efficientnet_lite0", "imagenet", args.size)
     flops = count_flops(model)
     pixels = np.random.default_rng(0).integers(0, 256, size=(args.batch, args.size, args.size, 3), dtype=np.uint8)
-    reference = embedder(model)(pixels).numpy()  # float32 TensorFlow: what the cache holds
+    reference = runtimes.keras_runner(model)(pixels)  # float32 TensorFlow: what the cache holds
     if args.engine == "litert":  # what extract runs on a CPU: float32, converted by runtimes.to_litert
-        from transferkit.deliver import runtimes
-
         run = runtimes.litert_runner(runtimes.to_litert(model))
     else:
         if args.policy != "float32":
@@ -109,8 +107,7 @@ def child(args) -> None:
             keras.mixed_precision.set_global_policy("float32")
         else:
             fast = model
-        infer = embedder(fast)
-        run = lambda x: infer(x).numpy()  # noqa: E731
+        run = runtimes.keras_runner(fast)
     diff = float(np.max(np.abs(np.asarray(run(pixels), np.float32) - reference)))
     per_round = max(1, 128 // args.batch)  # about 128 images per timing
 

@@ -50,7 +50,7 @@ def probe_both(root: Path, size: int, backbone_name: str) -> None:
 
     from transferkit.backbones.build import build_backbone
     from transferkit.data.datasets import decoded_batches
-    from transferkit.embeddings.extract import embedder
+    from transferkit.deliver.runtimes import keras_runner
     from transferkit.data.manifest import split_of
 
     if not (root / "manifest.csv").exists():
@@ -61,14 +61,14 @@ def probe_both(root: Path, size: int, backbone_name: str) -> None:
     train, val = split_of(manifest, "train"), split_of(manifest, "val")
     test = split_of(manifest, "test").sample(3000, random_state=0)
     backbone = build_backbone(backbone_name, "imagenet", size)
-    forward = embedder(backbone)  # inference mode; reads the BatchNorm statistics as they are at each call
+    forward = keras_runner(backbone)  # inference mode; reads the BatchNorm statistics as they are at each call
 
     def paths(frame):
         return [str(root / p) for p in frame["path"]]
 
     def probe(tag: str) -> tuple[float, float]:
         start = time.perf_counter()
-        train_x, val_x, test_x = (np.concatenate([forward(b).numpy() for b in decoded_batches(paths(f), size, 64)])
+        train_x, val_x, test_x = (np.concatenate([forward(b) for b in decoded_batches(paths(f), size, 64)])
                                   for f in (train, val, test))
         scaler = StandardScaler().fit(train_x)
         train_x, val_x, test_x = scaler.transform(train_x), scaler.transform(val_x), scaler.transform(test_x)

@@ -39,9 +39,9 @@ def predict(args: argparse.Namespace) -> int:
     from transferkit.stage import quiet_tensorflow
 
     quiet_tensorflow()
-    from transferkit.errors import TransferkitError
     from transferkit.deliver.inference import predict_files, top_k
     from transferkit.deliver.published import load_published
+    from transferkit.errors import TransferkitError
 
     images, problems = collect_images(args.images)
     usable = []
@@ -63,7 +63,7 @@ def predict(args: argparse.Namespace) -> int:
     except TransferkitError as exc:
         print(f"transferkit predict: error: {exc}", file=sys.stderr)
         return 1
-    probs = predict_files(model, info, [str(p) for p in usable], args.batch_size, runtime=args.runtime)
+    probs = predict_files(model, info, usable, args.batch_size, runtime=args.runtime).probabilities
     results = [{"path": str(path), "predictions": [{**p, "probability": round(p["probability"], 6)} for p in ranked]}
                for path, ranked in zip(usable, top_k(probs, info.classes, args.top_k))]
     if args.format == "json":

@@ -1,15 +1,16 @@
 """The export stage's files and parity gate, on a tiny real model (the colour model: milliseconds per image)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from transferkit.deliver import runtimes
 from transferkit.config import ExportParams
-from transferkit.errors import TransferkitError
+from transferkit.deliver import runtimes
 from transferkit.deliver.export import Artifact, artifacts_for, check, compare, export, gate, write_artifact
 from transferkit.deliver.published import load_published
+from transferkit.errors import TransferkitError
 
 from conftest import prepare_into, save_colour_model
 
@@ -55,10 +56,39 @@ def test_each_file_runs_in_its_own_runtime_on_raw_pixels(exported):
     pixels = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3)).astype(np.float32)
     reference = model.predict(pixels, verbose=0)
     folder = root / "export"
-    for runner in (runtimes.saved_model_runner(folder / "saved_model"), runtimes.litert_runner(folder / "model.tflite"),
-                   runtimes.onnx_runner(folder / "model.onnx")):
-        assert np.abs(runner(pixels) - reference).max() < 1e-5
+    for source, runtime in ((model, "tensorflow"), (folder / "saved_model", "tensorflow"),
+                            (folder / "model.tflite", "litert"), (folder / "model.onnx", "onnxruntime")):
+        runner = runtimes.runner(source, runtime)
+        out = runner(pixels)
+        assert out.dtype == np.float32 and np.abs(out - reference).max() < 1e-5, (source, runtime)
+        np.testing.assert_array_equal(runner(pixels.astype(np.uint8)), out)  # uint8 in: the same, exactly
         assert runner(pixels[:1]).shape == (1, 3)  # another batch size: resized, not an error
+    with pytest.raises(ValueError, match="expected one of tensorflow, litert, onnxruntime"):
+        runtimes.runner(model, "onnx")
+
+
+def test_the_served_model_classifies_with_the_onnx_file_without_tensorflow(exported):
+    """What MLflow's server does with the registered model, in a fresh process: load it, classify one file."""
+    import subprocess
+    import sys
+
+    root, _, _, summary = exported
+    folder = root / "export"
+    code = f"""
+import base64, sys
+from types import SimpleNamespace
+import pandas as pd
+from transferkit.deliver.serving import ImageClassifier
+model = ImageClassifier()
+model.load_context(SimpleNamespace(artifacts={{"model": {str(folder / "model.onnx")!r},
+                                               "info": {str(folder / "model.onnx.json")!r}}}))
+image = base64.b64encode(open({summary["example"]!r}, "rb").read()).decode()
+print(model.predict(None, pd.DataFrame({{"image": [image]}}))["label"][0])
+assert "tensorflow" not in sys.modules, "tensorflow imported"
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == Path(summary["example"]).parent.name
 
 
 def test_the_gate_names_the_file_and_the_figure():

@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from transferkit.deliver.inference import predict_files, top_k
+from transferkit.deliver.inference import predict_batches, predict_files, top_k
 from transferkit.deliver.published import load_published
 
 from conftest import save_colour_model
@@ -9,7 +10,7 @@ from conftest import save_colour_model
 def test_predictions_follow_the_files(image_folder, tmp_path):
     model, info = load_published(*save_colour_model(tmp_path))
     paths = sorted(str(p) for p in image_folder.rglob("*.png"))
-    probs = predict_files(model, info, paths, batch_size=5)
+    probs = predict_files(model, info, paths, batch_size=5).probabilities
     assert probs.shape == (len(paths), 3) and probs.dtype == np.float64
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     predicted = [info.classes[i] for i in probs.argmax(axis=1)]
@@ -27,7 +28,67 @@ def test_top_k_orders_by_probability_and_breaks_ties_by_class_order():
 def test_litert_runtime_gives_the_tensorflow_probabilities(image_folder, tmp_path):
     model, info = load_published(*save_colour_model(tmp_path))
     paths = sorted(str(p) for p in image_folder.rglob("*.png"))
-    tensorflow = predict_files(model, info, paths, batch_size=5)
-    litert = predict_files(model, info, paths, batch_size=5, runtime="litert")
+    tensorflow = predict_files(model, info, paths, batch_size=5).probabilities
+    litert = predict_files(model, info, paths, batch_size=5, runtime="litert").probabilities
     assert litert.shape == tensorflow.shape and litert.dtype == np.float64
     np.testing.assert_allclose(litert, tensorflow, atol=1e-5)
+
+
+def halves(pixels: np.ndarray) -> np.ndarray:
+    """A stand-in runner that a mirror image changes: (mean of the left half, mean of the right half)."""
+    width = pixels.shape[2]
+    return np.stack([pixels[:, :, :width // 2].mean(axis=(1, 2, 3)), pixels[:, :, width // 2:].mean(axis=(1, 2, 3))],
+                    axis=1).astype(np.float32)
+
+
+def test_predict_batches_keeps_input_order_and_averages_each_image_with_its_mirror_image():
+    images = np.zeros((5, 4, 4, 3), np.uint8)
+    for i in range(5):
+        images[i, :, :2] = 10 * i  # image i: left half 10 * i, right half 0
+    calls = []
+
+    def run(batch):
+        calls.append(len(batch))
+        return halves(batch)
+
+    batches = (images[i:i + 2] for i in range(0, 5, 2))  # a generator: it can be read only once
+    predictions = predict_batches(run, batches, tta=True)
+    expected = np.stack([10.0 * np.arange(5), np.zeros(5)], axis=1)
+    np.testing.assert_array_equal(predictions.plain, expected)
+    np.testing.assert_array_equal(predictions.flipped, expected[:, ::-1])
+    np.testing.assert_array_equal(predictions.probabilities, np.repeat(5.0 * np.arange(5)[:, None], 2, axis=1))
+    assert predictions.plain.dtype == np.float32 and predictions.probabilities.dtype == np.float64
+    assert calls == [2, 2, 2, 2, 1, 1]  # each batch, then its mirror image, right after it
+
+    plain = predict_batches(halves, [images[:3], images[3:]])
+    assert plain.flipped is None
+    np.testing.assert_array_equal(plain.probabilities, expected)
+
+
+def test_predict_batches_of_nothing_never_runs_the_model():
+    def run(batch):
+        raise AssertionError("called")
+
+    predictions = predict_batches(run, iter([]), tta=True)
+    assert predictions.plain.shape == predictions.flipped.shape == predictions.probabilities.shape == (0, 0)
+
+
+@pytest.mark.parametrize("runtime", ["tensorflow", "litert"])
+def test_predict_files_flips_each_image_for_tta(tmp_path, runtime):
+    """A model that sees only the left half of an image: with TTA it also sees the right half, mirrored."""
+    import keras
+    from PIL import Image
+
+    from transferkit.deliver.published import ModelInfo
+
+    inputs = keras.Input((8, 8, 3), name="image")
+    left = keras.layers.Cropping2D(((0, 0), (0, 4)))(inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(left))
+    info = ModelInfo(classes=["red", "green", "blue"], image_size=8, backbone="left half", backbone_weights_sha256="0")
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    pixels[:, :4, 0] = pixels[:, 4:, 2] = 200
+    Image.fromarray(pixels).save(tmp_path / "red left.png")
+    predictions = predict_files(model, info, [tmp_path / "red left.png"] * 3, batch_size=2, tta=True, runtime=runtime)
+    np.testing.assert_allclose(predictions.plain, [[200, 0, 0]] * 3, atol=1e-4)
+    np.testing.assert_allclose(predictions.flipped, [[0, 0, 200]] * 3, atol=1e-4)
+    np.testing.assert_allclose(predictions.probabilities, [[100, 0, 100]] * 3, atol=1e-4)

@@ -1,5 +1,7 @@
 import base64
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -68,3 +70,11 @@ def test_the_scoring_server_cannot_prepend_the_request_to_the_message():
     error.message = f"Failed to predict data '<every image as base64>'. \nError: {error.message}"
     assert error.message == "image 0: not an image"
     assert "stack_trace" not in error.serialize_as_json()
+
+
+def test_the_serving_path_imports_no_tensorflow():
+    """The served model's environment has no TensorFlow: nothing it imports may import it (at module level)."""
+    code = ("import sys, transferkit.deliver.serving, transferkit.deliver.inference; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

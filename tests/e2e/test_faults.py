@@ -282,6 +282,6 @@ def test_two_workers_resume_after_a_kill_and_train_as_well_as_one(trained_head, 
     correct = {}
     for name in ("finetune", "two"):
         model, info = load_published(root / "models" / f"{name}.keras", root / "models" / f"{name}.json")
-        correct[name] = predict_files(model, info, paths, 8).argmax(1) == labels
+        correct[name] = predict_files(model, info, paths, 8).probabilities.argmax(1) == labels
     low, high = accuracy_interval(correct["finetune"])
     assert low <= correct["two"].mean() <= high, (correct["finetune"].mean(), correct["two"].mean(), low, high)

@@ -1,27 +1,36 @@
 """Streams of decoded image files: parallel decode, batch, prefetch.
 
-`image_dataset` is a tf.data pipeline (training, evaluation); `decoded_batches`
-feeds the backbone during extraction. Both decode through `images.load_rgb`
-(Pillow, which releases the GIL while decoding) so every stage sees the same
-pixels, and both keep order: row i of the output is file i of the input.
+`decoded_batches` (numpy, a thread pool) feeds every batched prediction over
+files: extract's backbone, and evaluate, `predict` and the export stage's
+parity gate (deliver/inference.py). `image_dataset` is a tf.data pipeline for
+training (finetune); TensorFlow is imported only when it is called, so the served
+model, which has no TensorFlow, can import this module. Both decode through
+`images.load_rgb` (Pillow, which releases the GIL while decoding) so every
+stage sees the same pixels, and both keep order: row i of the output is file
+i of the input.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from transferkit.data.images import load_rgb
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def image_dataset(paths: Sequence[str], image_size: int, batch_size: int,
                   labels: Sequence[int] | None = None, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """Batches of (N, size, size, 3) uint8 images, with int32 labels when given."""
+    import tensorflow as tf
+
     paths = [str(p) for p in paths]
 
     def decode(path: bytes) -> np.ndarray:
@@ -49,9 +58,9 @@ def decoded_batches(paths: Sequence[str], image_size: int, batch_size: int, work
                     ahead: int = 2) -> Iterator[np.ndarray]:
     """(N, size, size, 3) uint8 batches in input order, decoded by a thread pool `ahead` batches early.
 
-    For extraction, where the backbone is the only consumer and is the bottleneck.
+    For inference, where the model is the only consumer and is the bottleneck.
     Pillow releases the GIL while it decodes, so the threads decode the next
-    batches while TensorFlow runs the backbone on this one. At most
+    batches while the runtime runs the model on this one. At most
     `ahead + 1` batches of pixels exist at once, whatever the number of paths.
 
     Side by side on 2 cores this keeps up with the backbone to within the CPU

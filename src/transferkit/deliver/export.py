@@ -1,7 +1,7 @@
 """The `export` stage: the published model as SavedModel, LiteRT and ONNX files, and the parity gate.
 
 The SavedModel and ONNX files are written by Keras' own exporter
-(`model.export(format=...)`), the LiteRT files by TF's converter from that
+(`model.export(format=...)`), the LiteRT files by runtimes.to_litert from that
 SavedModel (Keras' litert export does the same through a temporary one), so
 the backbone's preprocessing travels inside every file: each takes raw RGB pixels
 0..255, float32, (N, size, size, 3), named `image`, and returns one
@@ -9,11 +9,12 @@ probability per class. Beside each file, `<file>.json` holds its class list
 and input spec.
 
 The parity gate then runs each file through its own runtime (TensorFlow,
-the LiteRT interpreter, onnxruntime) on the test images, decoded by the
-pipeline's one decoder, and compares it with the Keras model. A float32 file
-fails the stage when a probability differs by more than FLOAT_TOLERANCE, or
-when it changes a prediction the Keras model makes by a clear margin; a
-quantized file (export.quantize) fails when it agrees on fewer than
+the LiteRT interpreter, onnxruntime; runtimes.runner) on the test images,
+decoded once by the pipeline's one decoder, and compares it with the Keras
+model, each through inference.predict_batches. A float32 file fails the
+stage when a probability differs by more than FLOAT_TOLERANCE, or when it
+changes a prediction the Keras model makes by a clear margin; a quantized
+file (export.quantize) fails when it agrees on fewer than
 QUANTIZED_MIN_AGREEMENT of the predictions or loses more than
 QUANTIZED_MAX_ACCURACY_DROP of accuracy.
 """
@@ -27,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from transferkit.deliver import runtimes
 from transferkit.config import ExportParams
 from transferkit.data.datasets import decoded_batches
+from transferkit.data.manifest import load_manifest, split_of
+from transferkit.deliver import runtimes
+from transferkit.deliver.inference import predict_batches
+from transferkit.deliver.published import ModelInfo
 from transferkit.errors import TransferkitError
 from transferkit.files import write_json
-from transferkit.data.manifest import load_manifest, split_of
-from transferkit.deliver.published import ModelInfo
 
 FLOAT_TOLERANCE = 1e-4  # max |probability difference| of a float32 file from the Keras model
 MARGIN = 1e-4  # a changed top-1 counts when the Keras model's top-2 margin is above this
@@ -50,16 +52,14 @@ class Artifact:
     quantized: bool
 
     def runner(self, folder: Path) -> runtimes.Runner:
-        path = folder / self.file
-        if self.runtime == "tensorflow":
-            return runtimes.saved_model_runner(path)
-        if self.runtime == "litert":
-            return runtimes.litert_runner(path)
-        return runtimes.onnx_runner(path)
+        return runtimes.runner(folder / self.file, self.runtime)
+
+
+SAVED_MODEL = Artifact("saved_model", "saved_model", "tensorflow", False)  # the LiteRT files are converted from it
 
 
 def artifacts_for(params: ExportParams) -> list[Artifact]:
-    found = [Artifact("saved_model", "saved_model", "tensorflow", False),
+    found = [SAVED_MODEL,
              Artifact("litert", "model.tflite", "litert", False),
              Artifact("onnx", "model.onnx", "onnxruntime", False)]
     if params.quantize != "none":
@@ -67,50 +67,24 @@ def artifacts_for(params: ExportParams) -> list[Artifact]:
     return found
 
 
-def _litert(saved_model: Path, path: Path, **options) -> None:
-    """TF's LiteRT converter on the SavedModel already written, TFLite builtin ops only (so an op the
-    standalone interpreter cannot run, a TF "select"/Flex op, fails the export, not the user's phone).
-
-    Keras' own `model.export(format="litert")` traces the model into a temporary SavedModel and runs
-    this same converter on it (keras/src/export/litert.py); starting from the SavedModel the stage
-    writes anyway saves that second trace (about 9 s of the export stage's 40 s at 32 px)."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if "representative_dataset" in options
-                                           else tf.lite.OpsSet.TFLITE_BUILTINS]
-    converter.experimental_enable_resource_variables = True  # as Keras sets it
-    for name, value in options.items():
-        setattr(converter, name, value)
-    path.write_bytes(converter.convert())
-
-
 def write_artifact(model, artifact: Artifact, folder: Path, params: ExportParams,
                    calibration: np.ndarray | None = None) -> None:
-    """Write `artifact` into `folder`; a LiteRT file is converted from folder/saved_model (written first
-    if it is not there)."""
-    import tensorflow as tf
-
+    """Write `artifact` into `folder`; a LiteRT file is converted from the SavedModel in `folder` (written
+    first if it is not there), a quantized one as `params.quantize` says, int8 calibrated on `calibration`."""
     path = folder / artifact.file
-    saved_model = folder / "saved_model"
+    saved_model = folder / SAVED_MODEL.file
     if artifact.runtime == "litert" and not saved_model.exists():
-        write_artifact(model, artifacts_for(params)[0], folder, params)
-    if artifact.name == "saved_model":
+        write_artifact(model, SAVED_MODEL, folder, params)
+    if artifact == SAVED_MODEL:
         model.export(str(path), format="tf_saved_model", verbose=False)
-    elif artifact.name == "onnx":
+    elif artifact.runtime == "onnxruntime":
         _with_constant_normalization(model).export(str(path), format="onnx", opset_version=params.onnx_opset,
                                                    verbose=False)
         _rename_onnx_output(path, ONNX_OUTPUT)
-    elif artifact.name == "litert":
-        _litert(saved_model, path)
-    elif artifact.name == "litert_dynamic":
-        _litert(saved_model, path, optimizations=[tf.lite.Optimize.DEFAULT])
-    elif artifact.name == "litert_int8":
-        def representative():  # raw 0..255 pixels, as the model takes them (its preprocessing is inside)
-            for image in calibration:
-                yield [image[None].astype(np.float32)]
-
-        _litert(saved_model, path, optimizations=[tf.lite.Optimize.DEFAULT], representative_dataset=representative)
+    elif artifact.runtime == "litert":
+        # From the SavedModel just written: converting the Keras model would trace it again (about 9 s).
+        quantize = params.quantize if artifact.quantized else "none"
+        path.write_bytes(runtimes.to_litert(saved_model, quantize, calibration))
     else:
         raise ValueError(artifact.name)
 
@@ -217,7 +191,8 @@ def export(manifest_path: str | Path, model, info: ModelInfo, folder: str | Path
     if test.empty:
         raise TransferkitError("data.test_fraction: the test split is empty; the parity gate needs test images")
     size = info.image_size
-    pixels = np.concatenate(list(decoded_batches(test["path"].tolist(), size, params.batch_size))).astype(np.float32)
+    # Decoded once, kept as uint8 (a quarter of float32's memory): every runner casts to float32 itself.
+    batches = list(decoded_batches(test["path"].tolist(), size, params.batch_size))
     labels = test["label_index"].to_numpy()
     calibration = None
     if params.quantize == "int8":
@@ -238,10 +213,9 @@ def export(manifest_path: str | Path, model, info: ModelInfo, folder: str | Path
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    reference = runtimes.in_batches(runtimes.keras_runner(model), pixels, params.batch_size)
+    reference = predict_batches(runtimes.runner(model, "tensorflow"), batches).plain
     keras_accuracy = float((reference.argmax(axis=1) == labels).mean())
-    figures = {a.name: compare(reference, runtimes.in_batches(a.runner(folder), pixels, params.batch_size), labels)
-               for a in artifacts}
+    figures = {a.name: compare(reference, predict_batches(a.runner(folder), batches).plain, labels) for a in artifacts}
     summary = {"test_images": int(len(labels)), "keras_accuracy": keras_accuracy, "artifacts": figures}
     write_json(metrics_path, summary)
     failures = [f"{folder / a.file} ({a.runtime}): {why}" for a in artifacts

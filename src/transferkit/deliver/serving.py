@@ -5,10 +5,12 @@
     -> {"predictions": [{"label": "bag", "probability": 0.97, "probabilities": {"bag": 0.97, ...}}]}
 
 A pyfunc (models-from-code: served_model.py, no pickle) around the exported
-ONNX file that passed the export stage's parity gate, run by onnxruntime (no
-TensorFlow in the server). Each image is decoded by the pipeline's own
-decoder (images.load_rgb: EXIF orientation, RGB, the resize spec), whose code
-travels inside the logged model, so serving sees the pixels training saw.
+ONNX file that passed the export stage's parity gate, run by onnxruntime
+through inference.predict_batches, the batch path every consumer uses (no
+TensorFlow in the server: nothing this module imports may import it). Each
+image is decoded by the pipeline's own decoder (images.load_rgb: EXIF
+orientation, RGB, the resize spec), whose code travels inside the logged
+model, so serving sees the pixels training saw.
 
 A request the model cannot use (no `image` column, a value that is not
 base64 of an image file) is a 400 with a one-line message; see ClientError.
@@ -28,10 +30,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from transferkit.files import read_json
 from transferkit.config import DEFAULT_MAX_IMAGE_PIXELS
 from transferkit.data.images import ImageRejected, load_rgb
+from transferkit.deliver import runtimes
+from transferkit.deliver.inference import predict_batches
 from transferkit.deliver.published import ModelInfo
+from transferkit.files import read_json
 
 INPUT_COLUMN = "image"
 MODEL_ARTIFACT, INFO_ARTIFACT = "model", "info"  # names of the files inside the logged model
@@ -82,11 +86,9 @@ class ImageClassifier(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        from transferkit.deliver.runtimes import onnx_runner
-
         described = read_json(context.artifacts[INFO_ARTIFACT])  # export's <file>.json: ModelInfo and more
         self.info = ModelInfo(**{f.name: described[f.name] for f in fields(ModelInfo)})
-        self.run = onnx_runner(context.artifacts[MODEL_ARTIFACT])
+        self.run = runtimes.runner(context.artifacts[MODEL_ARTIFACT], "onnxruntime")
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
@@ -96,17 +98,19 @@ class ImageClassifier(PythonModel):
         return classify(self.run, self.info, model_input[INPUT_COLUMN].tolist())
 
 
-def classify(run, info: ModelInfo, values: list) -> "pd.DataFrame":  # noqa: F821
+def classify(run: runtimes.Runner, info: ModelInfo, values: list) -> pd.DataFrame:  # noqa: F821
+    """One row per value (a base64 image file): its label, that label's probability, every class's."""
     import pandas as pd
 
+    # Decoded a batch at a time, as predict_batches asks for it: a bad value stops the request there.
+    batches = (np.stack([decode_image(v, start + i, info.image_size)
+                         for i, v in enumerate(values[start:start + BATCH_SIZE])])
+               for start in range(0, len(values), BATCH_SIZE))
     rows = []
-    for start in range(0, len(values), BATCH_SIZE):
-        batch = values[start:start + BATCH_SIZE]
-        pixels = np.stack([decode_image(v, start + i, info.image_size) for i, v in enumerate(batch)])
-        for probs in run(pixels.astype(np.float32)):
-            best = int(np.argmax(probs))
-            rows.append({"label": info.classes[best], "probability": float(probs[best]),
-                         "probabilities": {c: float(p) for c, p in zip(info.classes, probs)}})
+    for probs in predict_batches(run, batches).plain:
+        best = int(np.argmax(probs))
+        rows.append({"label": info.classes[best], "probability": float(probs[best]),
+                     "probabilities": {c: float(p) for c, p in zip(info.classes, probs, strict=True)}})
     return pd.DataFrame(rows, columns=["label", "probability", "probabilities"])
 
 

@@ -59,21 +59,12 @@ class ExtractResult(StageResult):
                 "batch_size": self.batch_size}
 
 
-def embedder(model):
-    """The backbone as one TF graph: (N, size, size, 3) uint8 pixels in, (N, D) float32 embeddings out.
+def litert_embedder(model, folder: Path) -> runtimes.Runner:
+    """The backbone through LiteRT (XNNPACK): converted once per store key (weights, size, ...) and kept there.
 
-    Any batch size uses the same graph (traced once, about 1.5 s): a last,
-    smaller batch would otherwise trace a second one.
+    The store key has no converter version: runtimes.to_litert must keep giving
+    these bytes for a Keras model, or old stores would mix with new embeddings.
     """
-    import tensorflow as tf
-
-    signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8)]
-    return tf.function(lambda x: tf.cast(model(tf.cast(x, tf.float32), training=False), tf.float32),
-                       input_signature=signature)
-
-
-def litert_embedder(model, folder: Path):
-    """The backbone through LiteRT (XNNPACK): converted once per store key (weights, size, ...) and kept there."""
     path = folder / "backbone.tflite"
     if not path.exists():
         print("extract: converting the backbone to LiteRT (once per backbone, weights and image size)", flush=True)
@@ -116,7 +107,8 @@ def extract(manifest_path: str | Path, store_root: str | Path, table_path: str |
 
     warmup, started = 0.0, time.perf_counter()
     if todo:
-        infer = embedder(model) if runtime == "tensorflow" else litert_embedder(model, store.folder)
+        # TensorFlow: uint8 pixels in, cast to float32 inside the graph (a quarter of the bytes to a GPU)
+        infer = runtimes.keras_runner(model) if runtime == "tensorflow" else litert_embedder(model, store.folder)
         writer = ShardWriter(store, todo, extract_params.shard_size, int(model.output_shape[-1]))
         with tf.device(plan.device):
             # Trace the graph and let TF optimise it (about 2 s, once per run) before the clock
@@ -125,7 +117,7 @@ def extract(manifest_path: str | Path, store_root: str | Path, table_path: str |
             warmup, started = time.perf_counter() - started, time.perf_counter()
             progress = Progress(len(todo), "extract")
             for batch in decoded_batches(first_path[todo].tolist(), backbone_params.image_size, batch_size):
-                embeddings = np.asarray(infer(batch))
+                embeddings = infer(batch)
                 writer.add(embeddings)
                 progress.update(len(embeddings))
         writer.close()

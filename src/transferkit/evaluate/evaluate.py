@@ -1,9 +1,10 @@
 """The `evaluate` stage: the published model on the test split, beside the head-only model.
 
-It runs the exact files `predict` would load on the raw test images, so the
-score covers the whole path from pixels to probabilities, preprocessing
-included. With `evaluate.tta` the published model's prediction is the mean
-over each image and its mirror image.
+It runs the exact files `predict` would load on the raw test images, through
+the same inference path (inference.predict_files), so the score covers the
+whole path from pixels to probabilities, preprocessing included. With
+`evaluate.tta` the published model's prediction is the mean over each image
+and its mirror image; the accuracy without it is reported beside.
 
 Beside it, the head-only model (the frozen backbone + the trained head, what
 feature extraction alone gives) is scored on the same test images: the head
@@ -21,14 +22,14 @@ import numpy as np
 import pandas as pd
 
 from transferkit.config import EvaluateParams
-from transferkit.errors import TransferkitError
-from transferkit.files import atomic_path, write_json
-from transferkit.embeddings.table import read_table
-from transferkit.deliver.inference import predict_views
 from transferkit.data.manifest import load_manifest, split_of
+from transferkit.deliver.inference import predict_files
+from transferkit.deliver.published import ModelInfo
+from transferkit.embeddings.table import read_table
+from transferkit.errors import TransferkitError
 from transferkit.evaluate.metrics import classification_report
 from transferkit.evaluate.plots import calibration_png, confusion_png, curves_png
-from transferkit.deliver.published import ModelInfo
+from transferkit.files import atomic_path, write_json
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,13 @@ def evaluate(manifest_path: str | Path, model, info: ModelInfo, outputs: Evaluat
     if test.empty:
         raise TransferkitError("data.test_fraction: the test split is empty; nothing to evaluate")
     classes = info.classes
-    views = predict_views(model, info, test["path"].tolist(), params.batch_size, tta=params.tta, runtime=params.runtime)
-    probs = views[-1]
+    predictions = predict_files(model, info, test["path"].tolist(), params.batch_size, tta=params.tta,
+                                runtime=params.runtime)
+    probs = predictions.probabilities
     y_true = test["label_index"].to_numpy()
     report = classification_report(probs, y_true, classes, params.calibration_bins)
     report.summary["tta"] = params.tta
-    plain_accuracy = float((views[0].argmax(axis=1) == y_true).mean())
+    plain_accuracy = float((predictions.plain.argmax(axis=1) == y_true).mean())
     if params.tta:
         report.summary["accuracy_without_tta"] = plain_accuracy
     if head_path is not None and embeddings_path is not None:
