@@ -159,7 +159,6 @@ def main() -> None:
     from transferkit.train.finetune import finetune
     from transferkit.data.manifest import load_manifest, split_of
     from transferkit.data.prepare import prepare
-    from transferkit.deliver.published import load_published
     from transferkit.train.train_head import train_head
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-quality-"))
@@ -206,11 +205,11 @@ def main() -> None:
             summary = finetune(out / "manifest.parquet", out / "embeddings.npz", out / "head.keras",
                                out / "model.keras", out / "model.json", out / "finetune.csv", out / "ckpt",
                                params.backbone, params.finetune, params.data.seed)
-            model, info = load_published(out / "model.keras", out / "model.json")
             outputs = EvaluateOutputs(**{name: out / f"eval-{name}.{ext}" for name, ext in (
                 ("metrics", "json"), ("confusion_csv", "csv"), ("predictions", "csv"), ("confusion_png", "png"),
                 ("calibration_png", "png"), ("curves_png", "png"))})
-            report = evaluate(out / "manifest.parquet", model, info, outputs, {}, params.evaluate)
+            report = evaluate(out / "manifest.parquet", out / "model.keras", out / "model.json", outputs, {},
+                              params.evaluate).summary
             auto_seconds = feature_seconds + time.perf_counter() - start
             predictions = __import__("pandas").read_csv(outputs.predictions)
             correct = (predictions["actual"] == predictions["predicted"]).to_numpy()

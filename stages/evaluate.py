@@ -24,32 +24,13 @@ def main() -> None:
     from dataclasses import fields
     from pathlib import Path
 
-    from transferkit.evaluate.evaluate import EvaluateOutputs, evaluate, quality_gate
-    from transferkit.deliver.published import load_published
+    from transferkit.evaluate.evaluate import EvaluateOutputs, evaluate
 
     outputs = EvaluateOutputs(**{f.name: Path(getattr(args, f.name)) for f in fields(EvaluateOutputs)})
-    params, tracking = stage.tracked("evaluate", args)
-    with tracking as run:
-        model, info = load_published(args.model, args.model_info)
-        report = evaluate(args.manifest, model, info, outputs, dict(h.split("=", 1) for h in args.history),
-                          params.evaluate, head_path=args.head, embeddings_path=args.embeddings)
-        print(f"evaluate: test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
-              f"on {report['test_images']} images{' (with TTA)' if report['tta'] else ''}", flush=True)
-        if "head_only_accuracy" in report:
-            print(f"evaluate: head-only model (frozen backbone + head) {report['head_only_accuracy']:.4f}: "
-                  f"fine-tuning bought {report['finetune_gain'] * 100:+.2f} points", flush=True)
-        keys = ("accuracy", "macro_f1", "log_loss", "ece", "accuracy_without_tta", "head_only_accuracy",
-                "head_only_macro_f1", "finetune_gain")
-        headline = {k: report[k] for k in keys if k in report}
-        run.log_metrics(headline)
-        run.log_metrics({f"test_{k}": v for k, v in headline.items()}, parent=True)
-        for png in (outputs.confusion_png, outputs.calibration_png, outputs.curves_png):
-            run.log_artifact(png, "plots", parent=True)
-        run.log_artifact(outputs.metrics, parent=True)
-        if args.report:
-            run.log_artifact(args.report, parent=True)
-        run.log_artifact(args.model_info, parent=True)
-        quality_gate(report, params.evaluate)
+    histories = dict(h.split("=", 1) for h in args.history)
+    stage.run_stage("evaluate", args, lambda params, run: evaluate(
+        args.manifest, args.model, args.model_info, outputs, histories, params.evaluate, head_path=args.head,
+        embeddings_path=args.embeddings, report_path=args.report), metrics=args.metrics)
 
 
 if __name__ == "__main__":

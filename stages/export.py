@@ -12,32 +12,11 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="output JSON: the parity gate's figures per file")
     args = parser.parse_args()
 
-    from pathlib import Path
+    from transferkit.deliver.export import export
 
-    from transferkit.deliver import serving
-    from transferkit.deliver.export import check, export
-    from transferkit.deliver.published import load_published
-    from transferkit.tracking.runs import flatten
-
-    params, tracking = stage.tracked("export", args)
-    with tracking as run:
-        model, info = load_published(args.model, args.model_info)
-        summary = export(args.manifest, model, info, args.out, args.metrics, params.export)
-        figures = flatten(summary["artifacts"])  # recorded even when the gate fails
-        run.log_metrics(figures)
-        run.log_metrics({f"export.{k}": v for k, v in figures.items()}, parent=True)
-        for name, figures in summary["artifacts"].items():
-            print(f"export: {name}: max |prob diff| {figures['max_abs_diff']:.2g}, top-1 agreement "
-                  f"{figures['top1_agreement']:.2%} on {summary['test_images']} test images", flush=True)
-        check(summary)
-        out = Path(args.out)
-        uri = run.log_model(serving.model_file(), {serving.MODEL_ARTIFACT: str(out / "model.onnx"),
-                                                   serving.INFO_ARTIFACT: str(out / "model.onnx.json")},
-                            [serving.code_path()], serving.model_signature(info),
-                            serving.input_example(summary["example"]), serving.pip_requirements(),
-                            params.tracking.registered_model)
-        print(f"export: parity gate passed; served model logged as {uri} and registered as "
-              f"'{params.tracking.registered_model}'", flush=True)
+    stage.run_stage("export", args, lambda params, run: export(
+        args.manifest, args.model, args.model_info, args.out, params.export, params.tracking.registered_model),
+        metrics=args.metrics)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 
 from transferkit.config import ExportParams
 from transferkit.deliver import runtimes
-from transferkit.deliver.export import Artifact, artifacts_for, check, compare, export, gate, write_artifact
+from transferkit.deliver.export import Artifact, ExportResult, artifacts_for, compare, export, gate, write_artifact
 from transferkit.deliver.published import load_published
 from transferkit.errors import TransferkitError
 
@@ -23,9 +23,10 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     manifest = prepare_into(make_image_folder(root / "images"), root / "prepared", val_fraction=0.25,
                             test_fraction=0.25)
-    model, info = load_published(*save_colour_model(root))
-    summary = export(manifest, model, info, root / "export", root / "export.json",
-                     ExportParams(quantize="int8", calibration_images=8, batch_size=4))
+    paths = save_colour_model(root)
+    model, info = load_published(*paths)
+    summary = export(manifest, *paths, root / "export", ExportParams(quantize="int8", calibration_images=8, batch_size=4),
+                     registered_model="transferkit")
     return root, model, info, summary
 
 
@@ -37,18 +38,20 @@ def test_every_format_is_written_with_its_description(exported):
         described = json.loads((folder / f"{name}.json").read_text())
         assert described["classes"] == info.classes and described["file"] == name
         assert described["input_spec"]["shape"] == [-1, 32, 32, 3]
-    assert json.loads((root / "export.json").read_text()) == {k: v for k, v in summary.items() if k not in ("failures", "example")}
-    assert set(summary["artifacts"]) == {"saved_model", "litert", "onnx", "litert_int8"}
+    assert json.loads(json.dumps(summary.metrics_file())) == {"test_images": summary.test_images,
+                                                              "keras_accuracy": summary.keras_accuracy,
+                                                              "artifacts": summary.figures}
+    assert set(summary.figures) == {"saved_model", "litert", "onnx", "litert_int8"}
 
 
 def test_float_files_match_keras_and_the_gate_passes(exported):
     _, _, _, summary = exported
-    assert summary["failures"] == []
-    check(summary)
+    assert summary.failures == []
+    summary.check()
     for name in ("saved_model", "litert", "onnx"):
-        figures = summary["artifacts"][name]
+        figures = summary.figures[name]
         assert figures["max_abs_diff"] <= 1e-4 and figures["top1_agreement"] == 1.0
-    assert summary["artifacts"]["litert_int8"]["accuracy"] >= summary["keras_accuracy"] - 0.01
+    assert summary.figures["litert_int8"]["accuracy"] >= summary.keras_accuracy - 0.01
 
 
 def test_each_file_runs_in_its_own_runtime_on_raw_pixels(exported):
@@ -82,13 +85,13 @@ from transferkit.deliver.serving import ImageClassifier
 model = ImageClassifier()
 model.load_context(SimpleNamespace(artifacts={{"model": {str(folder / "model.onnx")!r},
                                                "info": {str(folder / "model.onnx.json")!r}}}))
-image = base64.b64encode(open({summary["example"]!r}, "rb").read()).decode()
+image = base64.b64encode(open({summary.example!r}, "rb").read()).decode()
 print(model.predict(None, pd.DataFrame({{"image": [image]}}))["label"][0])
 assert "tensorflow" not in sys.modules, "tensorflow imported"
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == Path(summary["example"]).parent.name
+    assert out.stdout.strip() == Path(summary.example).parent.name
 
 
 def test_the_gate_names_the_file_and_the_figure():
@@ -104,8 +107,12 @@ def test_the_gate_names_the_file_and_the_figure():
     assert flipped["top1_agreement"] == pytest.approx(2 / 3) and flipped["clear_top1_changed"] == 1
     int8 = Artifact("litert_int8", "model_int8.tflite", "litert", True)
     assert "top-1 agreement 66.67% < 99%" in gate(int8, flipped, 1.0)
+    failed = ExportResult(test_images=3, keras_accuracy=1.0, figures={"onnx": drifted}, folder=Path("models/export"),
+                          failures=["models/export/model.onnx (onnxruntime): max |probability difference| 0.1 > 0.0001"],
+                          info=None, example="", registered_model="transferkit")
+    assert failed.metrics_file()["artifacts"] == {"onnx": drifted}  # written before the gate fails the stage
     with pytest.raises(TransferkitError, match=r"model\.onnx \(onnxruntime\): max"):
-        check({"failures": ["models/export/model.onnx (onnxruntime): max |probability difference| 0.1 > 0.0001"]})
+        failed.check()
 
 
 def test_normalization_layers_export_as_constants(tmp_path):

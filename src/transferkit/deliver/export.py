@@ -33,9 +33,10 @@ from transferkit.data.datasets import decoded_batches
 from transferkit.data.manifest import load_manifest, split_of
 from transferkit.deliver import runtimes
 from transferkit.deliver.inference import predict_batches
-from transferkit.deliver.published import ModelInfo
+from transferkit.deliver.published import ModelInfo, load_published
 from transferkit.errors import TransferkitError
 from transferkit.files import write_json
+from transferkit.results import StageResult
 
 FLOAT_TOLERANCE = 1e-4  # max |probability difference| of a float32 file from the Keras model
 MARGIN = 1e-4  # a changed top-1 counts when the Keras model's top-2 margin is above this
@@ -179,13 +180,54 @@ def gate(artifact: Artifact, figures: dict, reference_accuracy: float) -> str | 
     return None
 
 
-def export(manifest_path: str | Path, model, info: ModelInfo, folder: str | Path, metrics_path: str | Path,
-           params: ExportParams) -> dict:
-    """Write every file into `folder` (replaced whole), run the parity gate, write its figures.
+@dataclass(frozen=True)
+class ExportResult(StageResult):
+    """The parity gate's figures; `check` fails the stage after they are written and recorded, and only a
+    file set that passes registers the served model (`finish`)."""
+    test_images: int
+    keras_accuracy: float
+    figures: dict[str, dict]  # per exported file (artifact name): compare()'s figures
+    failures: list[str]  # one line per file that fails the gate, naming it and the figure
+    folder: Path
+    info: ModelInfo
+    example: str  # a test image file: the served model's input example
+    registered_model: str  # tracking.registered_model
 
-    Returns the figures and `failures` (one line per file that fails the gate:
-    `check` raises them), so a failed gate's figures can be recorded first."""
+    def lines(self) -> list[str]:
+        return [f"{name}: max |prob diff| {f['max_abs_diff']:.2g}, top-1 agreement {f['top1_agreement']:.2%} "
+                f"on {self.test_images} test images" for name, f in self.figures.items()]
+
+    def metrics_file(self) -> dict:
+        return {"test_images": self.test_images, "keras_accuracy": self.keras_accuracy, "artifacts": self.figures}
+
+    def run_metrics(self) -> dict[str, float]:
+        return {f"{name}.{key}": value for name, f in self.figures.items() for key, value in f.items()}
+
+    def parent_metrics(self) -> dict[str, float]:
+        return {f"export.{key}": value for key, value in self.run_metrics().items()}
+
+    def check(self) -> None:
+        """Raise TransferkitError naming each file that failed the parity gate, and the figure."""
+        if self.failures:
+            raise TransferkitError("parity gate failed, exported files differ from the Keras model:\n  "
+                                   + "\n  ".join(self.failures))
+
+    def finish(self, run) -> list[str]:
+        """Log the served model (the ONNX file that passed, with the decoder's code) and register it."""
+        from transferkit.deliver import serving
+
+        uri = run.log_model(serving.model_file(), {serving.MODEL_ARTIFACT: str(self.folder / "model.onnx"),
+                                                   serving.INFO_ARTIFACT: str(self.folder / "model.onnx.json")},
+                            [serving.code_path()], serving.model_signature(self.info),
+                            serving.input_example(self.example), serving.pip_requirements(), self.registered_model)
+        return [f"parity gate passed; served model logged as {uri} and registered as '{self.registered_model}'"]
+
+
+def export(manifest_path: str | Path, model_path: str | Path, info_path: str | Path, folder: str | Path,
+           params: ExportParams, registered_model: str) -> ExportResult:
+    """Write every file into `folder` (replaced whole) and run the parity gate on each."""
     folder = Path(folder)
+    model, info = load_published(model_path, info_path)
     manifest = load_manifest(manifest_path)
     test = split_of(manifest, "test")
     if test.empty:
@@ -216,15 +258,8 @@ def export(manifest_path: str | Path, model, info: ModelInfo, folder: str | Path
     reference = predict_batches(runtimes.runner(model, "tensorflow"), batches).plain
     keras_accuracy = float((reference.argmax(axis=1) == labels).mean())
     figures = {a.name: compare(reference, predict_batches(a.runner(folder), batches).plain, labels) for a in artifacts}
-    summary = {"test_images": int(len(labels)), "keras_accuracy": keras_accuracy, "artifacts": figures}
-    write_json(metrics_path, summary)
     failures = [f"{folder / a.file} ({a.runtime}): {why}" for a in artifacts
                 if (why := gate(a, figures[a.name], keras_accuracy))]
-    return {**summary, "failures": failures, "example": test["path"].iloc[0]}
-
-
-def check(summary: dict) -> None:
-    """Raise TransferkitError naming each file that failed the parity gate, and the figure."""
-    if summary["failures"]:
-        raise TransferkitError("parity gate failed, exported files differ from the Keras model:\n  "
-                               + "\n  ".join(summary["failures"]))
+    return ExportResult(test_images=int(len(labels)), keras_accuracy=keras_accuracy, figures=figures,
+                        failures=failures, folder=folder, info=info, example=test["path"].iloc[0],
+                        registered_model=registered_model)

@@ -24,12 +24,17 @@ import pandas as pd
 from transferkit.config import EvaluateParams
 from transferkit.data.manifest import load_manifest, split_of
 from transferkit.deliver.inference import predict_files
-from transferkit.deliver.published import ModelInfo
+from transferkit.deliver.published import load_published
 from transferkit.embeddings.table import read_table
 from transferkit.errors import TransferkitError
 from transferkit.evaluate.metrics import classification_report
 from transferkit.evaluate.plots import calibration_png, confusion_png, curves_png
-from transferkit.files import atomic_path, write_json
+from transferkit.files import atomic_path
+from transferkit.results import Artifact, StageResult
+
+# The figures a run shows at a glance: the stage's MLflow run, and the pipeline's as test_<name>.
+HEADLINE = ("accuracy", "macro_f1", "log_loss", "ece", "accuracy_without_tta", "head_only_accuracy",
+            "head_only_macro_f1", "finetune_gain")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,43 @@ class EvaluateOutputs:
     curves_png: Path
 
 
+@dataclass(frozen=True)
+class EvaluateResult(StageResult):
+    summary: dict  # the metrics file: accuracy, macro-F1, per class, calibration, the head-only model's figures
+    outputs: EvaluateOutputs
+    attached: tuple[Path, ...]  # logged to the pipeline's run beside the metrics: model.json, the data report
+    min_accuracy: float | None  # evaluate.min_accuracy, the quality gate
+
+    def lines(self) -> list[str]:
+        s = self.summary
+        lines = [f"test accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f} on {s['test_images']} images"
+                 f"{' (with TTA)' if s['tta'] else ''}"]
+        if "head_only_accuracy" in s:
+            lines.append(f"head-only model (frozen backbone + head) {s['head_only_accuracy']:.4f}: fine-tuning "
+                         f"bought {s['finetune_gain'] * 100:+.2f} points")
+        return lines
+
+    def metrics_file(self) -> dict:
+        return self.summary
+
+    def run_metrics(self) -> dict[str, float]:
+        return {k: self.summary[k] for k in HEADLINE if k in self.summary}
+
+    def parent_metrics(self) -> dict[str, float]:
+        return {f"test_{k}": v for k, v in self.run_metrics().items()}
+
+    def artifacts(self) -> list[Artifact]:
+        plots = [Artifact(png, "plots", parent=True) for png in (self.outputs.confusion_png,
+                                                                  self.outputs.calibration_png,
+                                                                  self.outputs.curves_png)]
+        return [*plots, Artifact(self.outputs.metrics, parent=True),
+                *(Artifact(path, parent=True) for path in self.attached)]
+
+    def check(self) -> None:
+        """evaluate.min_accuracy: below it the stage fails, so nothing downstream is exported or registered."""
+        quality_gate(self.summary, self.min_accuracy)
+
+
 def head_only_probs(head_path: str | Path, embeddings_path: str | Path, hashes: list[str]) -> np.ndarray:
     """The frozen backbone + head on these images: the head on their embeddings."""
     import keras
@@ -51,14 +93,15 @@ def head_only_probs(head_path: str | Path, embeddings_path: str | Path, hashes: 
     return head.predict(read_table(embeddings_path).rows(hashes), verbose=0).astype(np.float64)
 
 
-def evaluate(manifest_path: str | Path, model, info: ModelInfo, outputs: EvaluateOutputs,
+def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str | Path, outputs: EvaluateOutputs,
              histories: dict[str, str], params: EvaluateParams, head_path: str | Path | None = None,
-             embeddings_path: str | Path | None = None) -> dict:
-    """Score `model` (from published.load_published) on the test split, and the head-only model when
-    `head_path` and `embeddings_path` are given; write metrics and plots."""
+             embeddings_path: str | Path | None = None, report_path: str | Path | None = None) -> EvaluateResult:
+    """Score the published model on the test split, and the head-only model when `head_path` and
+    `embeddings_path` are given; write the plots and their data (the runner writes the metrics file)."""
     test = split_of(load_manifest(manifest_path), "test")
     if test.empty:
         raise TransferkitError("data.test_fraction: the test split is empty; nothing to evaluate")
+    model, info = load_published(model_path, info_path)
     classes = info.classes
     predictions = predict_files(model, info, test["path"].tolist(), params.batch_size, tta=params.tta,
                                 runtime=params.runtime)
@@ -86,13 +129,12 @@ def evaluate(manifest_path: str | Path, model, info: ModelInfo, outputs: Evaluat
                   f"Test confusion matrix (accuracy {report.summary['accuracy']:.3f})")
     calibration_png(report.calibration, outputs.calibration_png, report.summary["ece"])
     curves_png(histories, outputs.curves_png)
-    write_json(outputs.metrics, report.summary)
-    return report.summary
+    attached = (Path(info_path), *([Path(report_path)] if report_path else []))
+    return EvaluateResult(report.summary, outputs, attached, params.min_accuracy)
 
 
-def quality_gate(summary: dict, params: EvaluateParams) -> None:
-    """evaluate.min_accuracy: below it the stage fails, so nothing downstream is exported or registered."""
-    if params.min_accuracy is not None and summary["accuracy"] < params.min_accuracy:
+def quality_gate(summary: dict, min_accuracy: float | None) -> None:
+    if min_accuracy is not None and summary["accuracy"] < min_accuracy:
         raise TransferkitError(f"evaluate.min_accuracy: test accuracy {summary['accuracy']:.4f} on "
-                               f"{summary['test_images']} images is below {params.min_accuracy}; "
+                               f"{summary['test_images']} images is below {min_accuracy}; "
                                f"nothing is exported or registered")
