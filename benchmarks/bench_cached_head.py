@@ -129,7 +129,10 @@ def main() -> None:
             inputs = keras.Input((size, size, 3), name="image")
             model = keras.Model(inputs, head(backbone(inputs, training=False)))
             compile_classifier(model, head_params.learning_rate)
-            as_float = lambda images, y: (tf.cast(images, tf.float32), y)  # noqa: E731
+
+            def as_float(images, y):
+                return tf.cast(images, tf.float32), y
+
             paths = {name: frame["path"].tolist() for name, frame in split.items()}
             # The pipeline's own tf.data reader, shuffled like the cached side: same seed, same size.
             train = image_dataset(paths["train"], size, head_params.batch_size, labels["train"],

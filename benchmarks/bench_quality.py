@@ -114,7 +114,10 @@ def scratch_arm(manifest_path: Path, params, budget_seconds: float, seed: int) -
     model = keras.Model(inputs, head(backbone(augmented)))
     model.compile(keras.optimizers.AdamW(1e-3, weight_decay=0.01, global_clipnorm=1.0),
                   keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
-    as_float = lambda x, y: (tf.cast(x, tf.float32), y)  # noqa: E731
+
+    def as_float(x, y):
+        return tf.cast(x, tf.float32), y
+
     train_ds = image_dataset(train["path"], size, batch, train["label_index"], shuffle_seed=seed).map(as_float)
     val_ds = image_dataset(val["path"], size, batch, val["label_index"]).map(as_float)
     best, best_weights, epoch = -1.0, None, 0

@@ -108,7 +108,10 @@ def test_killed_extract_keeps_its_shards_and_the_rerun_computes_only_the_rest(wo
     with open(log, "w") as sink:
         proc = subprocess.Popen(command(root, "extract", *extract_args(root)), cwd=root, env=environ(root),
                                 stdout=sink, stderr=subprocess.STDOUT)
-    shards = lambda: list((root / "store").glob("*/shard-*.npz"))  # noqa: E731
+
+    def shards() -> list[Path]:
+        return list((root / "store").glob("*/shard-*.npz"))
+
     wait_for(lambda: len(shards()) == BLOCK_AT // SHARD, proc, log)
     time.sleep(1.0)  # blocked on the pipe: nothing more can be written
     kill(proc)

@@ -5,7 +5,11 @@ import pytest
 from transferkit.config import FinetuneParams
 from transferkit.train.recipe import Facts, resolve
 
-NO_FLIP_SCORE = lambda: pytest.fail("the flip must not be scored here")  # noqa: E731
+
+
+def no_flip_score():
+    """Passed where the flip must not be scored."""
+    pytest.fail("the flip must not be scored here")
 
 
 @pytest.mark.parametrize("per_class, accuracy, case, strategy, blocks", [
@@ -16,7 +20,7 @@ NO_FLIP_SCORE = lambda: pytest.fail("the flip must not be scored here")  # noqa:
     (5000, 0.70, "large_different", "full", 18),
 ])
 def test_auto_picks_the_case_from_size_and_similarity(per_class, accuracy, case, strategy, blocks):
-    recipe = resolve(FinetuneParams(flip=False), Facts(per_class, accuracy, 18), NO_FLIP_SCORE)
+    recipe = resolve(FinetuneParams(flip=False), Facts(per_class, accuracy, 18), no_flip_score)
     assert (recipe.case, recipe.strategy, recipe.blocks) == (case, strategy, blocks)
     assert recipe.epochs == (0 if strategy == "head" else recipe.epochs) and (strategy == "head") == (recipe.epochs == 0)
     assert any("auto: case" in reason for reason in recipe.reasons)
@@ -25,7 +29,7 @@ def test_auto_picks_the_case_from_size_and_similarity(per_class, accuracy, case,
 def test_knobs_set_in_params_win_over_the_case():
     params = FinetuneParams(strategy="top", blocks=4, epochs=2, learning_rate=1e-3, layer_decay=0.5, warmup=0.0,
                             label_smoothing=0.0, translate=0.0, zoom=0.2, flip=True)
-    recipe = resolve(params, Facts(50, 0.99, 18), NO_FLIP_SCORE)  # small and similar: auto would say head
+    recipe = resolve(params, Facts(50, 0.99, 18), no_flip_score)  # small and similar: auto would say head
     assert (recipe.strategy, recipe.blocks, recipe.epochs, recipe.learning_rate, recipe.layer_decay) == \
         ("top", 4, 2, 1e-3, 0.5)
     assert (recipe.warmup, recipe.label_smoothing, recipe.translate, recipe.zoom, recipe.flip) == (0.0, 0.0, 0.0, 0.2, True)
@@ -46,17 +50,17 @@ def test_flip_is_kept_only_when_it_does_not_hurt_the_head_on_val(plain, flipped,
 
 def test_gradual_adds_blocks_from_the_top_epoch_by_epoch():
     recipe = resolve(FinetuneParams(strategy="gradual", blocks=6, epochs=3, flip=False), Facts(100, 0.5, 18),
-                     NO_FLIP_SCORE)
+                     no_flip_score)
     assert [recipe.blocks_at(e) for e in range(3)] == [2, 4, 6]
-    full = resolve(FinetuneParams(strategy="full", epochs=2, flip=False), Facts(100, 0.5, 18), NO_FLIP_SCORE)
+    full = resolve(FinetuneParams(strategy="full", epochs=2, flip=False), Facts(100, 0.5, 18), no_flip_score)
     assert [full.blocks_at(e) for e in range(2)] == [18, 18]
 
 
 def test_phase_end_is_the_epoch_count_keras_prints_for_each_fit():
     """finetune names the published epoch as Keras printed it: under gradual each phase is its own fit()."""
     gradual = resolve(FinetuneParams(strategy="gradual", blocks=2, epochs=6, flip=False), Facts(100, 0.5, 18),
-                      NO_FLIP_SCORE)
+                      no_flip_score)
     assert [gradual.blocks_at(e) for e in range(6)] == [1, 1, 1, 2, 2, 2]
     assert [gradual.phase_end(e) for e in range(6)] == [3, 3, 3, 6, 6, 6]
-    top = resolve(FinetuneParams(strategy="top", blocks=4, epochs=6, flip=False), Facts(100, 0.5, 18), NO_FLIP_SCORE)
+    top = resolve(FinetuneParams(strategy="top", blocks=4, epochs=6, flip=False), Facts(100, 0.5, 18), no_flip_score)
     assert [top.phase_end(e) for e in range(6)] == [6] * 6

@@ -56,9 +56,11 @@ def scan_folder(root: Path) -> tuple[list[Candidate], list[dict], list[str]]:
             skipped.append({"path": display_path(entry), "reason": "not inside a class folder"})
             continue
         classes.append(entry.name)
+        def unreadable(error: OSError) -> None:
+            skipped.append({"path": display_path(Path(error.filename)),
+                            "reason": f"cannot read folder: {error.strerror}"})
+
         # os.walk(followlinks=False): a symlinked sub-folder is listed, not entered.
-        unreadable = lambda error: skipped.append(  # noqa: E731
-            {"path": display_path(Path(error.filename)), "reason": f"cannot read folder: {error.strerror}"})
         for folder, subfolders, files in os.walk(entry, onerror=unreadable):
             folder_path = Path(folder)
             for name in sorted(subfolders):

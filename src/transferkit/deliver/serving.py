@@ -24,6 +24,7 @@ import io
 from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from mlflow.exceptions import MlflowException
@@ -36,6 +37,9 @@ from transferkit.deliver import runtimes
 from transferkit.deliver.inference import predict_batches
 from transferkit.deliver.published import ModelInfo
 from transferkit.files import read_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INPUT_COLUMN = "image"
 MODEL_ARTIFACT, INFO_ARTIFACT = "model", "info"  # names of the files inside the logged model
@@ -98,7 +102,7 @@ class ImageClassifier(PythonModel):
         return classify(self.run, self.info, model_input[INPUT_COLUMN].tolist())
 
 
-def classify(run: runtimes.Runner, info: ModelInfo, values: list) -> pd.DataFrame:  # noqa: F821
+def classify(run: runtimes.Runner, info: ModelInfo, values: list) -> pd.DataFrame:
     """One row per value (a base64 image file): its label, that label's probability, every class's."""
     import pandas as pd
 

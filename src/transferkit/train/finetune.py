@@ -240,7 +240,10 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
         inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
         augment = augmenter(recipe, seed)
         trainer = keras.Model(inputs, model(augment(inputs) if augment else inputs), name="trainer")
-    as_float = lambda images, labels: (tf.cast(images, tf.float32), tf.one_hot(labels, n_classes))  # noqa: E731
+
+    def as_float(images, labels):
+        return tf.cast(images, tf.float32), tf.one_hot(labels, n_classes)
+
     train_ds = image_dataset(train["path"], image_size, batch_size, train["label_index"],
                              shuffle_seed=seed).map(as_float)
     val_ds = image_dataset(val["path"], image_size, batch_size, val["label_index"]).map(as_float) if len(val) else None
