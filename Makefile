@@ -1,5 +1,5 @@
 # `make run`: set-up + the whole pipeline on the embedded sample data.
-# `make test`: set-up + the whole test suite.
+# `make test`: set-up + ruff + the whole test suite.
 # `make bench`: set-up + the speed benchmarks in benchmarks/ (about 20 minutes on 2 cores;
 # bench_quality.py, an hour or more, is run on its own: see benchmarks/README.md).
 # `eval "$(make -s services)"`: start the team services (README "Working as a team");
@@ -34,6 +34,7 @@ run: install
 	print(f\"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ({m['test_images']} test images)\")"
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # Each benchmark prints its figures and, on its last line, its ratio (see benchmarks/README.md).

@@ -24,6 +24,7 @@ test set). Target >= 50 at equal test accuracy (within one point).
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import tempfile
 import time
@@ -47,12 +48,11 @@ def main() -> None:
     from transferkit.backbones.build import build_backbone
     from transferkit.config import load_params
     from transferkit.data.datasets import image_dataset
-    from transferkit.embeddings.table import read_table
     from transferkit.embeddings.extract import extract
+    from transferkit.embeddings.table import read_table
     from transferkit.seeding import seed_everything
-    from transferkit.train.train_head import build_head
-    from transferkit.train.train_head import fit_head
     from transferkit.train.common import class_weights, compile_classifier
+    from transferkit.train.train_head import build_head, fit_head
 
     params = load_params(common.REPO / "params.yaml")
     size, seed, head_params = params.backbone.image_size, params.data.seed, params.head
@@ -84,7 +84,8 @@ def main() -> None:
               f"{n_classes} classes; {args.epochs} epochs, batch {head_params.batch_size}", flush=True)
 
         summary, extract_seconds = common.timed(
-            lambda: extract(manifest_path, work / "store", work / "embeddings.npz", params.backbone, params.extract, seed))
+            lambda: extract(manifest_path, work / "store", work / "embeddings.npz", params.backbone, params.extract,
+                            seed))
 
         def shuffled(data, n):  # shuffled as datasets.image_dataset does: same batches, same order
             return (tf.data.Dataset.from_tensor_slices(data).shuffle(n, seed=seed, reshuffle_each_iteration=True)
@@ -101,7 +102,7 @@ def main() -> None:
         def later_epochs(name: str) -> float:
             """Median seconds of an epoch after the first (which also traces the training graph)."""
             ends = epoch_ends[name]
-            return common.median([b - a for a, b in zip(ends, ends[1:])]) if len(ends) > 1 else float("nan")
+            return common.median([b - a for a, b in itertools.pairwise(ends)]) if len(ends) > 1 else float("nan")
 
         cached_start: list[float] = []
 
@@ -149,7 +150,8 @@ def main() -> None:
         print(f"one-time extraction of {summary.computed} images: {extract_seconds:.1f} s "
               f"(included in neither side below)")
         print(f"cached head:   {cached_seconds:7.2f} s for {args.epochs} epochs, test accuracy {cached_accuracy:.4f}")
-        print(f"textbook:      {textbook_seconds:7.2f} s for {args.epochs} epochs, test accuracy {textbook_accuracy:.4f}")
+        print(f"textbook:      {textbook_seconds:7.2f} s for {args.epochs} epochs, "
+              f"test accuracy {textbook_accuracy:.4f}")
         print(f"cached head + one-time extraction: {cached_seconds + extract_seconds:.1f} s "
               f"= {textbook_seconds / (cached_seconds + extract_seconds):.1f}x less than the textbook recipe")
         print(f"per epoch after the first: cached {later_epochs('cached'):.3f} s, textbook "

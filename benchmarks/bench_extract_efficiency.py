@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (sets up the environment first)
 import numpy as np
+
+import common  # noqa: F401  (sets up the environment first)
 
 
 def main() -> None:
@@ -39,15 +40,16 @@ def main() -> None:
     common.header("extraction efficiency: extract() vs the bare backbone on decoded images")
 
     from transferkit import device
-    from transferkit.deliver import runtimes
     from transferkit.backbones.build import build_backbone
     from transferkit.config import load_params
-    from transferkit.embeddings.extract import extract
     from transferkit.data.images import load_rgb
+    from transferkit.deliver import runtimes
+    from transferkit.embeddings.extract import extract
 
     params = load_params(common.REPO / "params.yaml")
     if args.image_size:
-        params = params.model_copy(update={"backbone": params.backbone.model_copy(update={"image_size": args.image_size})})
+        backbone = params.backbone.model_copy(update={"image_size": args.image_size})
+        params = params.model_copy(update={"backbone": backbone})
     size = params.backbone.image_size
     work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     try:
@@ -122,7 +124,7 @@ def main() -> None:
               f"{backbone_cpu * bare_rate:.2f} cores busy), LiteRT about {lite_cpu * 1000:.1f} ms, decode + resize "
               f"{decode_cpu * 1000:.2f} ms -> CPU-bound estimate {backbone_cpu / (lite_cpu + decode_cpu):.3f}")
         print(f"per-round ratios (noisy, for reference): "
-              f"{', '.join(f'{e / b:.3f}' for e, b in zip(figures['extract'], figures['bare']))}")
+              f"{', '.join(f'{e / b:.3f}' for e, b in zip(figures['extract'], figures['bare'], strict=True))}")
         ratio = extract_rate / bare_rate
         common.ratio_line("extraction_efficiency", ratio, ">= 1.3", ratio >= 1.3)
     finally:

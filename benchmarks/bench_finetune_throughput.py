@@ -45,12 +45,12 @@ def main() -> None:
     import tensorflow as tf
 
     from transferkit.backbones.build import build_backbone
-    from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
     from transferkit.config import FinetuneParams, HeadParams
-    from transferkit.train.optimizers import compile_finetune, make_optimizer
     from transferkit.deliver.published import assemble
-    from transferkit.train.recipe import Facts, resolve
     from transferkit.seeding import seed_everything
+    from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
+    from transferkit.train.optimizers import compile_finetune, make_optimizer
+    from transferkit.train.recipe import Facts, resolve
     from transferkit.train.train_head import build_head
 
     size, batch, n_classes = args.image_size, args.batch, 10
@@ -127,7 +127,7 @@ def main() -> None:
 
     sides = {"forward": forward_rate, "before": train_rate(old, old_data), "recipe": train_rate(new, new_data),
              "recipe_noaug": train_rate(bare, new_data)}
-    for name, fn in sides.items():  # warm-up: traces the graphs
+    for fn in sides.values():  # warm-up: traces the graphs
         fn()
     figures = common.interleaved(sides, args.rounds)
     med = {name: common.median(values) for name, values in figures.items()}

@@ -42,7 +42,8 @@ def main() -> None:
         manifest = common.prepare(photos, work / "prepared")
 
         def run() -> dict:
-            return extract(manifest, work / "store", work / "embeddings.npz", params.backbone, params.extract, params.data.seed)
+            return extract(manifest, work / "store", work / "embeddings.npz", params.backbone, params.extract,
+                           params.data.seed)
 
         full, full_seconds = common.timed(run)
         new = max(1, round(args.images * args.new_fraction))

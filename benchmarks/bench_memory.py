@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
 import yaml
+
+import common
 
 
 def peak_rss_of_stage(work: Path, manifest: Path, name: str) -> tuple[float, dict, float]:

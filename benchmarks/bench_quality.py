@@ -147,7 +147,8 @@ def main() -> None:
     parser.add_argument("--scratch-seconds", type=float,
                         help="scratch arm budget without running the auto arm (default: the auto arm's wall time)")
     parser.add_argument("--store", type=Path, help="embedding store to share between runs (default: in --work)")
-    parser.add_argument("--source", type=Path, help="a folder or manifest instead of Fashion-MNIST (--per-class unused)")
+    parser.add_argument("--source", type=Path,
+                        help="a folder or manifest instead of Fashion-MNIST (--per-class unused)")
     args = parser.parse_args()
     what = str(args.source) if args.source else f"Fashion-MNIST, {args.per_class} labelled images per class"
     common.header(f"quality on {what}")
@@ -156,12 +157,12 @@ def main() -> None:
     import yaml
 
     from transferkit.config import parse_params
-    from transferkit.embeddings.table import read_table
-    from transferkit.evaluate.evaluate import EvaluateOutputs, evaluate
-    from transferkit.embeddings.extract import extract
-    from transferkit.train.finetune import finetune
     from transferkit.data.manifest import load_manifest, split_of
     from transferkit.data.prepare import prepare
+    from transferkit.embeddings.extract import extract
+    from transferkit.embeddings.table import read_table
+    from transferkit.evaluate.evaluate import EvaluateOutputs, evaluate
+    from transferkit.train.finetune import finetune
     from transferkit.train.train_head import train_head
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-quality-"))
@@ -186,7 +187,8 @@ def main() -> None:
         out = work / "out"
         start = time.perf_counter()
         prepare(manifest_csv, out / "manifest.parquet", out / "report.json", params.data)
-        extract(out / "manifest.parquet", args.store or work / "store", out / "embeddings.npz", params.backbone, params.extract,
+        extract(out / "manifest.parquet", args.store or work / "store", out / "embeddings.npz", params.backbone,
+                params.extract,
                 params.data.seed)
         head_summary = train_head(out / "manifest.parquet", out / "embeddings.npz", out / "head.keras",
                                   out / "head.csv", params.head, params.data.seed)
@@ -232,8 +234,8 @@ def main() -> None:
               else f"{what}, official 10,000 test images")
         from transferkit.evaluate.metrics import accuracy_interval
 
-        print(f"| arm | test accuracy | 95% bootstrap | wall time | notes |")
-        print(f"|---|---|---|---|---|")
+        print("| arm | test accuracy | 95% bootstrap | wall time | notes |")
+        print("|---|---|---|---|---|")
         for name, (correct, seconds, notes) in results.items():
             lo, hi = accuracy_interval(correct)
             print(f"| {name} | {np.mean(correct):.4f} | {lo:.4f}-{hi:.4f} | {seconds / 60:.1f} min | {notes} |")

@@ -24,10 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
 import yaml
 
 from transferkit.tracking.executions import stages_run
+
+import common
 
 
 def run(command: list[str], cwd: Path, environ: dict) -> tuple[str, float]:

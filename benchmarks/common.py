@@ -13,8 +13,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # Before TensorFlow, MLflow or DVC are imported by anything.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

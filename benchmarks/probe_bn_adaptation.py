@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (quiet TensorFlow start-up)
 from bench_quality import build_set
+
+import common  # noqa: F401  (quiet TensorFlow start-up)
 
 
 def main() -> None:
@@ -50,8 +51,8 @@ def probe_both(root: Path, size: int, backbone_name: str) -> None:
 
     from transferkit.backbones.build import build_backbone
     from transferkit.data.datasets import decoded_batches
-    from transferkit.deliver.runtimes import keras_runner
     from transferkit.data.manifest import split_of
+    from transferkit.deliver.runtimes import keras_runner
 
     if not (root / "manifest.csv").exists():
         build_set(root, per_class=600, seed=0)

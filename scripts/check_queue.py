@@ -22,8 +22,9 @@ import os
 import time
 from pathlib import Path
 
-from run_queue import dvc, start_and_wait  # scripts/run_queue.py, what `make queue` runs
 from transferkit.tracking.executions import STAGE_TAG, stages_run
+
+from run_queue import dvc, start_and_wait  # scripts/run_queue.py, what `make queue` runs
 
 
 def same_number(logged: str | None, queued: str) -> bool:
@@ -77,7 +78,8 @@ def check_records(param: str, names_to_values: dict[str, str], stages_ran: dict[
         ran = sorted(c.info.run_name for c in children if "transferkit.restored" not in c.data.tags)
         if ran != sorted(stages_ran[name]):
             problems.append(f"experiment {name}: child runs {ran}, but DVC ran {sorted(stages_ran[name])}")
-        not_finished = [f"{r.info.run_name} {r.info.status}" for r in [parent, *children] if r.info.status != "FINISHED"]
+        not_finished = [f"{r.info.run_name} {r.info.status}" for r in [parent, *children]
+                        if r.info.status != "FINISHED"]
         if not_finished:
             problems.append(f"experiment {name}: runs not FINISHED: {not_finished}")
     if jobs > 1 and len(spans) > 1 and most_at_once(spans) < 2:

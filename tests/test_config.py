@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from transferkit.config import Params, load_params, parse_params, stage_params
 from transferkit.errors import TransferkitError
@@ -32,7 +33,8 @@ def test_defaults_are_used_for_missing_sections():
     ({"data": {"test_fraction": 1.5}}, "data.test_fraction: Input should be less than 1"),
     ({"backbone": {"name": "resnet9000"}}, "backbone.name: Input should be 'efficientnet_lite0'"),
     ({"finetune": {"flip": "maybe"}}, "finetune.flip: Input should be a valid boolean"),
-    ({"finetune": {"strategy": "deep"}}, "finetune.strategy: Input should be 'auto', 'head', 'top', 'full' or 'gradual'"),
+    ({"finetune": {"strategy": "deep"}},
+     "finetune.strategy: Input should be 'auto', 'head', 'top', 'full' or 'gradual'"),
     ({"finetune": {"unfreeze": 20}}, "finetune.unfreeze: unknown key; allowed here: strategy, blocks"),
     ({"backbone": {"weights": "imagenett"}}, "backbone.weights: Value error, must be 'imagenet', 'none' or a path"),
     ({"backbone": {"weights": "missing/lite0.weights.h5"}}, "backbone.weights: Value error, weights file not found"),
@@ -51,7 +53,7 @@ def test_bad_params_name_the_key(raw, expected):
 
 def test_params_are_frozen():
     params = parse_params({})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         params.head.learning_rate = 1.0  # type: ignore[misc]
 
 

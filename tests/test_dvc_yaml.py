@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
 from transferkit.config import STAGE_PARAMS
+
+from conftest import REPO
 
 SRC = REPO / "src" / "transferkit"
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]

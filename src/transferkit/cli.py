@@ -65,7 +65,7 @@ def predict(args: argparse.Namespace) -> int:
         return 1
     probs = predict_files(model, info, usable, args.batch_size, runtime=args.runtime).probabilities
     results = [{"path": str(path), "predictions": [{**p, "probability": round(p["probability"], 6)} for p in ranked]}
-               for path, ranked in zip(usable, top_k(probs, info.classes, args.top_k))]
+               for path, ranked in zip(usable, top_k(probs, info.classes, args.top_k), strict=True)]
     if args.format == "json":
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("predict", help="classify images with the trained model")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--model", default="models/model.keras", help="model file written by the pipeline (default: %(default)s)")
+    p.add_argument("--model", default="models/model.keras",
+                   help="model file written by the pipeline (default: %(default)s)")
     p.add_argument("--model-info", default="models/model.json",
                    help="its description (classes, image size) written beside it (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=1, help="how many labels per image (default: %(default)s)")

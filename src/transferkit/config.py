@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from transferkit.errors import TransferkitError
 from transferkit.backbones.registry import BACKBONE_NAMES, BACKBONES
+from transferkit.errors import TransferkitError
 
 # data.max_image_pixels' default, also the limit of `predict` and the served model: Pillow's own
 # default, about 0.27 GB of RGB pixels once decoded.
@@ -59,7 +59,8 @@ class DataParams(Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="evaluate needs test images in every class")
     min_images_per_class: int = Field(3, ge=1, description="a class with fewer valid images stops the run")
     min_image_side: int = Field(8, ge=1, description="pixels; smaller images are rejected")
-    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="larger images are rejected (decompression bombs)")
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1,
+                                  description="larger images are rejected (decompression bombs)")
 
 
 class BackboneParams(Section):
@@ -146,7 +147,8 @@ class ExportParams(Section):
 class TrackingParams(Section):
     experiment: str = Field("transferkit", min_length=1)
     registered_model: str = Field("transferkit", min_length=1, description="MLflow model registry name")
-    required: bool = Field(True, description="an unreachable tracking server stops the run (false: warn, track locally)")
+    required: bool = Field(True,
+                           description="an unreachable tracking server stops the run (false: warn, track locally)")
 
 
 class Params(Section):

@@ -45,7 +45,8 @@ def test_identical_images_share_a_split(image_folder, tmp_path):
     for i in range(5):
         shutil.copy(source, image_folder / "circle" / f"copy_{i}.png")
     report, manifest = run_prepare(image_folder, tmp_path)
-    copies = manifest[manifest["sha256"] == manifest.loc[manifest["path"].str.endswith("circle_0_000.png"), "sha256"].iloc[0]]
+    digest = manifest.loc[manifest["path"].str.endswith("circle_0_000.png"), "sha256"].iloc[0]
+    copies = manifest[manifest["sha256"] == digest]
     assert len(copies) == 6 and copies["split"].nunique() == 1
     assert report["duplicate_files"] == 5
 
@@ -167,8 +168,9 @@ def test_decompression_bomb_is_refused_without_decoding_it(tmp_path):
 
 
 def test_unusual_images_decode_to_upright_rgb(tmp_path):
-    from messy_data import add_messy_files
     from transferkit.data.images import inspect_image, load_rgb
+
+    from messy_data import add_messy_files
 
     root = make_image_folder(tmp_path / "images", per_class=3)
     add_messy_files(root)
@@ -237,7 +239,8 @@ def test_class_too_small_for_a_test_split_names_the_key(image_folder, tmp_path, 
     for path in sorted((image_folder / "triangle").iterdir())[2:]:
         path.unlink()
     monkeypatch.setattr("transferkit.data.prepare.inspect_image", _must_not_decode)
-    with pytest.raises(TransferkitError, match=r"data.test_fraction=0.25 leaves no test image for class\(es\) triangle"):
+    with pytest.raises(TransferkitError,
+                       match=r"data.test_fraction=0.25 leaves no test image for class\(es\) triangle"):
         run_prepare(image_folder, tmp_path, min_images_per_class=1)
 
 

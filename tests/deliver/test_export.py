@@ -25,8 +25,8 @@ def exported(tmp_path_factory):
                             test_fraction=0.25)
     paths = save_colour_model(root)
     model, info = load_published(*paths)
-    summary = export(manifest, *paths, root / "export", ExportParams(quantize="int8", calibration_images=8, batch_size=4),
-                     registered_model="transferkit")
+    summary = export(manifest, *paths, root / "export",
+                     ExportParams(quantize="int8", calibration_images=8, batch_size=4), registered_model="transferkit")
     return root, model, info, summary
 
 
@@ -107,9 +107,9 @@ def test_the_gate_names_the_file_and_the_figure():
     assert flipped["top1_agreement"] == pytest.approx(2 / 3) and flipped["clear_top1_changed"] == 1
     int8 = Artifact("litert_int8", "model_int8.tflite", "litert", True)
     assert "top-1 agreement 66.67% < 99%" in gate(int8, flipped, 1.0)
+    why = "models/export/model.onnx (onnxruntime): max |probability difference| 0.1 > 0.0001"
     failed = ExportResult(test_images=3, keras_accuracy=1.0, figures={"onnx": drifted}, folder=Path("models/export"),
-                          failures=["models/export/model.onnx (onnxruntime): max |probability difference| 0.1 > 0.0001"],
-                          info=None, example="", registered_model="transferkit")
+                          failures=[why], info=None, example="", registered_model="transferkit")
     assert failed.metrics_file()["artifacts"] == {"onnx": drifted}  # written before the gate fails the stage
     with pytest.raises(TransferkitError, match=r"model\.onnx \(onnxruntime\): max"):
         failed.check()

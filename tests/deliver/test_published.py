@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from transferkit.errors import TransferkitError
 from transferkit.deliver.published import INPUT_DESCRIPTION, ModelInfo, assemble, load_published
+from transferkit.errors import TransferkitError
 
 from conftest import colour_model, save_colour_model
 

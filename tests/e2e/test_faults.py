@@ -26,9 +26,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import LOCAL_STORE, REPO, closed_port_url, make_image_folder
-from transferkit.embeddings.table import read_table
 from transferkit.embeddings.store import EmbeddingStore
+from transferkit.embeddings.table import read_table
+
+from conftest import LOCAL_STORE, REPO, closed_port_url, make_image_folder
 
 pytestmark = pytest.mark.e2e
 
@@ -125,7 +126,7 @@ def test_killed_extract_keeps_its_shards_and_the_rerun_computes_only_the_rest(wo
     for shard in shards():
         with np.load(shard, allow_pickle=False) as data:  # every shard on disk is whole
             assert len(data["sha256"]) == SHARD
-            kept.update(zip(data["sha256"].tolist(), data["embeddings"]))
+            kept.update(zip(data["sha256"].tolist(), data["embeddings"], strict=True))
 
     victim.unlink()
     victim.write_bytes(original)
@@ -192,7 +193,7 @@ def test_killed_finetune_resumes_from_the_last_completed_epoch(trained_head, kil
     assert trained == list(range(done + 2, 5))
     history = pd.read_csv(root / "plots" / "finetune.csv")
     assert history["epoch"].tolist() == [0, 1, 2, 3]
-    for before, after in zip(state["history"], history.to_dict("records")):  # kept from the killed run
+    for before, after in zip(state["history"], history.to_dict("records"), strict=False):  # kept from the killed run
         assert after["loss"] == before["loss"]
     import keras
 
@@ -245,11 +246,12 @@ def test_two_workers_resume_after_a_kill_and_train_as_well_as_one(trained_head, 
     naming the failure; both restarted, they resume from the chief's checkpoint and finish; only the chief
     wrote the model, whose test accuracy is inside the 95% bootstrap interval of the 1-worker model's (the
     same fine-tune on one worker, also killed once and resumed)."""
-    from conftest import free_port
-    from transferkit.deliver.inference import predict_files
     from transferkit.data.manifest import load_manifest, split_of
-    from transferkit.evaluate.metrics import accuracy_interval
+    from transferkit.deliver.inference import predict_files
     from transferkit.deliver.published import load_published
+    from transferkit.evaluate.metrics import accuracy_interval
+
+    from conftest import free_port
 
     root = trained_head
     ports = [free_port(), free_port()]
@@ -265,7 +267,8 @@ def test_two_workers_resume_after_a_kill_and_train_as_well_as_one(trained_head, 
                 proc.kill()
     assert chief.returncode == 1, chief_log.read_text()[-3000:]
     stopped = chief_log.read_text()
-    assert "finetune: error: the worker cluster lost a worker" in stopped and "Traceback" not in stopped, stopped[-3000:]
+    assert "finetune: error: the worker cluster lost a worker" in stopped, stopped[-3000:]
+    assert "Traceback" not in stopped, stopped[-3000:]
     (state_path,) = checkpoints.glob("*/state.json")
     done = json.loads(state_path.read_text())["epoch"]
     assert not (root / "models" / "two.keras").exists()  # nothing published by the interrupted run

@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from transferkit.tracking.executions import stages_run
+
 from conftest import REPO, draw_example, free_port
 from messy_data import OK, UNICODE_CLASS, add_messy_files
 from tiny_project import BIN, STAGES, commit_all, make_tiny_project, sh
-from transferkit.tracking.executions import stages_run
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +89,8 @@ def test_full_pipeline_produces_model_metrics_and_plots(project, first_run, env)
         assert (project / "models" / "export" / name).exists(), name
     parity = json.loads((project / "metrics" / "export.json").read_text())["artifacts"]
     assert set(parity) == {"saved_model", "litert", "onnx"} and all(f["max_abs_diff"] <= 1e-4 for f in parity.values())
-    assert set(json.loads((project / "metrics" / "extract.json").read_text())) == {"distinct_images", "computed", "reused"}
+    extracted = json.loads((project / "metrics" / "extract.json").read_text())
+    assert set(extracted) == {"distinct_images", "computed", "reused"}
     assert "use_unbounded_threadpool" not in first_run.stderr  # TF's harmless error-level line is filtered
     assert not (project / "data" / "prepared" / "classes.json").exists()
     shown = sh(["dvc", "metrics", "show", "--json"], project, env).stdout
@@ -176,12 +178,14 @@ def test_served_model_takes_image_files_and_answers_like_predict(project, first_
 
     png = sorted((project / "data" / "tiny" / "square").glob("square_*.png"))[0]
     jpeg = tmp_path / "circle.jpg"
-    Image.open(sorted((project / "data" / "tiny" / "circle").glob("circle_*.png"))[0]).convert("RGB").save(jpeg, quality=95)
+    circle = sorted((project / "data" / "tiny" / "circle").glob("circle_*.png"))[0]
+    Image.open(circle).convert("RGB").save(jpeg, quality=95)
     predicted = json.loads(sh(["transferkit", "predict", str(png), str(jpeg), "--format", "json"], project, env).stdout)
     expected = [p["predictions"][0]["label"] for p in predicted]
 
     port = free_port()
-    line = readme_line('PATH="$PWD/.venv/bin:$PATH" .venv/bin/mlflow models serve').replace("--port 5001", f"--port {port}")
+    line = readme_line('PATH="$PWD/.venv/bin:$PATH" .venv/bin/mlflow models serve')
+    line = line.replace("--port 5001", f"--port {port}")
     assert f"--port {port}" in line
     log = tmp_path / "serve.log"
     with open(log, "w") as sink:
@@ -293,7 +297,8 @@ def test_coming_back_to_a_backbone_restores_the_later_stages_from_the_run_cache(
     experiment = client.get_experiment_by_name("transferkit")
     deadline = time.time() + 120  # the execution's watcher records the restored stages once dvc has ended
     while True:
-        parent = next(r for r in client.search_runs([experiment.experiment_id], "attributes.run_name = 'backbone-a-again'"))
+        runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'backbone-a-again'")
+        parent = next(iter(runs))
         if "transferkit.restored_stages" in parent.data.tags or time.time() > deadline:
             break
         time.sleep(1)

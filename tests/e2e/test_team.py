@@ -34,9 +34,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from transferkit.tracking.executions import stages_run
+
 from conftest import REPO
 from tiny_project import BIN, STAGES, commit_all, make_tiny_project, sh
-from transferkit.tracking.executions import stages_run
 
 pytestmark = pytest.mark.e2e
 SCRIPT = REPO / "scripts" / "services.sh"
@@ -99,7 +100,7 @@ class Services:
             port = free_port_pair()
             if all(abs(port - p) > 1 for p in ports):
                 ports.append(port)
-        self.ports = dict(zip(names, ports))
+        self.ports = dict(zip(names, ports, strict=True))
         self.env: dict[str, str] = {}  # the `export` lines of `start`
 
     def script_env(self) -> dict:

@@ -1,13 +1,14 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_image_folder, prepare_into
 
 from transferkit.config import BackboneParams, ExtractParams
 from transferkit.embeddings.extract import extract
 from transferkit.embeddings.store import EmbeddingStore
 from transferkit.embeddings.table import read_table
 from transferkit.errors import TransferkitError
+
+from conftest import make_image_folder, prepare_into
 
 BACKBONE = BackboneParams(name="efficientnet_lite0", weights="imagenet", image_size=32)
 SPLITS = {"val_fraction": 0.25, "test_fraction": 0.25}

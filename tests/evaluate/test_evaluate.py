@@ -24,8 +24,8 @@ def test_scores_the_test_split_and_writes_every_output(image_folder, tmp_path):
     pd.DataFrame({"epoch": [0, 1], "loss": [1.0, 0.5], "accuracy": [0.5, 0.9], "val_loss": [1.1, 0.6],
                   "val_accuracy": [0.4, 0.8]}).to_csv(history, index=False)
     out = outputs_in(tmp_path / "out")
-    result = evaluate(manifest, model_path, info_path, out,
-                      {"train_head": str(history), "finetune": str(tmp_path / "none.csv")}, EvaluateParams(batch_size=4))
+    histories = {"train_head": str(history), "finetune": str(tmp_path / "none.csv")}
+    result = evaluate(manifest, model_path, info_path, out, histories, EvaluateParams(batch_size=4))
     report = result.summary
     test = pd.read_parquet(manifest).query("split == 'test'")
     assert report["test_images"] == len(test) == 6 and report["accuracy"] == 1.0
@@ -33,7 +33,8 @@ def test_scores_the_test_split_and_writes_every_output(image_folder, tmp_path):
     assert result.parent_metrics()["test_accuracy"] == 1.0
     assert {a.path for a in result.artifacts()} >= {out.metrics, out.confusion_png, info_path}
     predictions = pd.read_csv(out.predictions)
-    assert sorted(predictions["path"]) == sorted(test["path"]) and (predictions["actual"] == predictions["predicted"]).all()
+    assert sorted(predictions["path"]) == sorted(test["path"])
+    assert (predictions["actual"] == predictions["predicted"]).all()
     assert list(pd.read_csv(out.confusion_csv).columns) == ["actual", "predicted"]
     for png in (out.confusion_png, out.calibration_png, out.curves_png):
         assert Image.open(png).format == "PNG"
@@ -53,7 +54,8 @@ def test_quality_gate_is_off_by_default_and_fails_below_min_accuracy():
     summary = {"accuracy": 0.75, "test_images": 40}
     quality_gate(summary, EvaluateParams().min_accuracy)
     quality_gate(summary, 0.75)
-    with pytest.raises(TransferkitError, match=r"test accuracy 0\.7500 on 40 images is below 0\.8; nothing is exported"):
+    with pytest.raises(TransferkitError,
+                       match=r"test accuracy 0\.7500 on 40 images is below 0\.8; nothing is exported"):
         quality_gate(summary, 0.8)
 
 

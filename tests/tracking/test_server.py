@@ -13,8 +13,9 @@ import threading
 
 import pytest
 
-from conftest import closed_port_url
 from transferkit.tracking.server import HTTP_DEFAULTS, bound_retries, login_problem, server_problem, short_reason
+
+from conftest import closed_port_url
 
 
 class LoginOnly(http.server.BaseHTTPRequestHandler):
@@ -67,7 +68,7 @@ def private_ca_login_server(tmp_path):
 
     private = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
                    .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
                    .not_valid_after(now + datetime.timedelta(days=1))

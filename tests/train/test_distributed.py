@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from transferkit.train.distributed import Cluster, cluster_from_env
 from transferkit.errors import TransferkitError
+from transferkit.train.distributed import Cluster, cluster_from_env
 
 
 def tf_config(workers: int, index: int, kind: str = "worker") -> dict:

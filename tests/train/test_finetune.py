@@ -9,9 +9,9 @@ import pytest
 
 from transferkit.backbones.build import build_backbone
 from transferkit.config import BackboneParams, ExtractParams, FinetuneParams, HeadParams
+from transferkit.data.images import load_rgb
 from transferkit.embeddings.extract import extract
 from transferkit.train.finetune import augmenter, finetune
-from transferkit.data.images import load_rgb
 from transferkit.train.recipe import Facts, resolve
 from transferkit.train.train_head import train_head
 
@@ -27,7 +27,8 @@ def trained_head(tmp_path_factory):
     images = make_image_folder(root / "images", per_class=6)
     manifest = prepare_into(images, root / "prepared", val_fraction=0.2, test_fraction=0.2)
     extract(manifest, root / "store", root / "embeddings.npz", BACKBONE, ExtractParams(batch_size=8), seed=SEED)
-    train_head(manifest, root / "embeddings.npz", root / "head.keras", root / "head.csv", HeadParams(epochs=100, patience=100, learning_rate=0.01),
+    train_head(manifest, root / "embeddings.npz", root / "head.keras", root / "head.csv",
+               HeadParams(epochs=100, patience=100, learning_rate=0.01),
                seed=SEED)
     return root
 
@@ -57,7 +58,8 @@ class Recorder:
 
 
 def changed_layers(before: dict, after: dict) -> set[str]:
-    return {name for name in before if not all(np.array_equal(a, b) for a, b in zip(before[name], after[name]))}
+    return {name for name in before
+            if not all(np.array_equal(a, b) for a, b in zip(before[name], after[name], strict=True))}
 
 
 def block_of(name: str) -> str:

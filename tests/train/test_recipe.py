@@ -6,7 +6,6 @@ from transferkit.config import FinetuneParams
 from transferkit.train.recipe import Facts, resolve
 
 
-
 def no_flip_score():
     """Passed where the flip must not be scored."""
     pytest.fail("the flip must not be scored here")
@@ -22,7 +21,8 @@ def no_flip_score():
 def test_auto_picks_the_case_from_size_and_similarity(per_class, accuracy, case, strategy, blocks):
     recipe = resolve(FinetuneParams(flip=False), Facts(per_class, accuracy, 18), no_flip_score)
     assert (recipe.case, recipe.strategy, recipe.blocks) == (case, strategy, blocks)
-    assert recipe.epochs == (0 if strategy == "head" else recipe.epochs) and (strategy == "head") == (recipe.epochs == 0)
+    assert recipe.epochs == (0 if strategy == "head" else recipe.epochs)
+    assert (strategy == "head") == (recipe.epochs == 0)
     assert any("auto: case" in reason for reason in recipe.reasons)
 
 
@@ -32,7 +32,8 @@ def test_knobs_set_in_params_win_over_the_case():
     recipe = resolve(params, Facts(50, 0.99, 18), no_flip_score)  # small and similar: auto would say head
     assert (recipe.strategy, recipe.blocks, recipe.epochs, recipe.learning_rate, recipe.layer_decay) == \
         ("top", 4, 2, 1e-3, 0.5)
-    assert (recipe.warmup, recipe.label_smoothing, recipe.translate, recipe.zoom, recipe.flip) == (0.0, 0.0, 0.0, 0.2, True)
+    chosen = (recipe.warmup, recipe.label_smoothing, recipe.translate, recipe.zoom, recipe.flip)
+    assert chosen == (0.0, 0.0, 0.0, 0.2, True)
 
 
 def test_no_val_split_means_different_and_no_flip():

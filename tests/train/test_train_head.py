@@ -3,8 +3,8 @@ import pandas as pd
 
 from transferkit.config import HeadParams
 from transferkit.embeddings.table import write_table
-from transferkit.train.train_head import build_head, standardiser, train_head
 from transferkit.train.common import class_weights
+from transferkit.train.train_head import build_head, standardiser, train_head
 
 
 def test_balanced_class_weights():
@@ -80,7 +80,8 @@ def test_nan_loss_stops_training_and_publishes_nothing(tmp_path):
 
     # Finite but enormous embeddings: the logits overflow to inf, the loss to NaN.
     manifest = write_fake_features(tmp_path, scale=1e38)
-    with pytest.raises(TransferkitError, match=r"loss became nan at epoch 0, batch \d+.*no model was written. Lower head.learning_rate"):
+    with pytest.raises(TransferkitError,
+                       match=r"loss became nan at epoch 0, batch \d+.*no model was written. Lower head.learning_rate"):
         train_head(manifest, tmp_path / "embeddings.npz", tmp_path / "head.keras", tmp_path / "history.csv",
                    HeadParams(epochs=3), seed=0)
     assert not (tmp_path / "head.keras").exists()

@@ -156,7 +156,7 @@ def _materialize(ref: _TensorRef) -> np.ndarray:
         raise PthFormatError(f"bad tensor geometry offset={ref.offset} stride={ref.stride}")
     if 0 not in ref.shape:
         # as_strided does no bounds checking, so check that the last element is inside.
-        last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
+        last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True))
         if last >= data.size:
             raise PthFormatError(f"tensor of shape {ref.shape} overruns its storage")
     view = np.lib.stride_tricks.as_strided(

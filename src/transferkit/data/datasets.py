@@ -72,7 +72,7 @@ def decoded_batches(paths: Sequence[str], image_size: int, batch_size: int, work
     batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
     try:
-        queue = deque(([pool.submit(load_rgb, p, image_size) for p in batch] for batch in batches[:ahead]))
+        queue = deque([pool.submit(load_rgb, p, image_size) for p in batch] for batch in batches[:ahead])
         for following in batches[ahead:] + [None] * min(ahead, len(batches)):
             images = np.stack([future.result() for future in queue.popleft()])
             if following is not None:

@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 
 from transferkit.config import DataParams
-from transferkit.errors import TransferkitError
-from transferkit.files import atomic_path, write_json
-from transferkit.results import Artifact, StageResult
 from transferkit.data.images import IMAGE_SUFFIXES, ImageRejected, inspect_image, sha256_file
 from transferkit.data.manifest import MANIFEST_COLUMNS, SPLITS
 from transferkit.data.sources import Candidate, display_path, read_manifest, scan_folder
+from transferkit.errors import TransferkitError
+from transferkit.files import atomic_path, write_json
+from transferkit.results import Artifact, StageResult
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ def validate(candidates: list[Candidate], params: DataParams) -> tuple[pd.DataFr
         except OSError as exc:  # unreadable: permissions, symlink loop, I/O error
             rejects.append({"path": shown, "label": c.label, "reason": f"cannot read: {exc.strerror or exc}"})
             continue
-        rows.append({"path": shown, "label": c.label, "split": c.split, "sha256": digest, "width": width, "height": height})
+        rows.append({"path": shown, "label": c.label, "split": c.split, "sha256": digest, "width": width,
+                     "height": height})
     frame = pd.DataFrame(rows, columns=["path", "label", "split", "sha256", "width", "height"])
     return _reject_label_conflicts(frame, rejects)
 
@@ -170,14 +171,16 @@ def _check_class_sizes(counts: Counter, labels: list[str], params: DataParams, s
             f"{source}: found {len(labels)} class ({', '.join(labels)}); a classifier needs at least 2")
     if splits_given:
         return  # a manifest's own splits decide; checked on the final split
-    no_test = [label for label in labels if _split_counts(counts[label], params.val_fraction, params.test_fraction)[1] == 0]
+    no_test = [label for label in labels
+               if _split_counts(counts[label], params.val_fraction, params.test_fraction)[1] == 0]
     if no_test:
         raise TransferkitError(
             f"data.test_fraction={params.test_fraction} leaves no test image for class(es) {', '.join(no_test)} "
             f"({counted}: {', '.join(str(counts[c]) for c in no_test)}); raise data.test_fraction or add images")
 
 
-def prepare(source: str | Path, manifest_path: str | Path, report_path: str | Path, params: DataParams) -> PrepareResult:
+def prepare(source: str | Path, manifest_path: str | Path, report_path: str | Path,
+            params: DataParams) -> PrepareResult:
     """Run the whole stage; write the manifest (Parquet) and the data report (JSON).
 
     Outputs are written only when the whole stage succeeds, each atomically:
@@ -219,7 +222,8 @@ def prepare(source: str | Path, manifest_path: str | Path, report_path: str | Pa
     frame["label_index"] = frame["label"].map({c: i for i, c in enumerate(classes)}).astype("int32")
     frame = frame[MANIFEST_COLUMNS].sort_values(["split", "label", "path"]).reset_index(drop=True)
 
-    per_split = {s: frame.loc[frame["split"] == s, "label"].value_counts().reindex(classes, fill_value=0).astype(int).to_dict()
+    per_split = {s: frame.loc[frame["split"] == s, "label"].value_counts().reindex(classes, fill_value=0)
+                 .astype(int).to_dict()
                  for s in SPLITS}
     # Every class needs test images, whether splits were assigned here or given by a manifest.
     empty = [c for c in classes if per_split["test"][c] == 0]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from transferkit.errors import TransferkitError
 from transferkit.data.manifest import SPLITS
+from transferkit.errors import TransferkitError
 
 
 @dataclass
@@ -120,7 +120,8 @@ def read_manifest(path: Path) -> tuple[list[Candidate], list[dict]]:
         elif split is not None and split not in SPLITS:
             candidate.problem = f"unknown split {split!r} (allowed: {', '.join(SPLITS)})"
         elif (normal, label.casefold()) in seen:
-            candidate.problem = f"manifest row {number} repeats row {seen[normal, label.casefold()]} (same path and label)"
+            first = seen[normal, label.casefold()]
+            candidate.problem = f"manifest row {number} repeats row {first} (same path and label)"
         else:
             seen[normal, label.casefold()] = number
         candidates.append(candidate)

@@ -26,7 +26,7 @@ class ModelInfo:
     input: str = INPUT_DESCRIPTION
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "ModelInfo":
+    def from_json(cls, path: str | Path) -> ModelInfo:
         data = read_json(path)
         try:
             return cls(**data)

@@ -81,7 +81,8 @@ def restored_metrics(lock: Path, stage: str) -> dict[str, float]:
     import yaml
 
     try:
-        entries = yaml.safe_load((lock.parent / "dvc.yaml").read_text(encoding="utf-8"))["stages"][stage].get("metrics", [])
+        pipeline = yaml.safe_load((lock.parent / "dvc.yaml").read_text(encoding="utf-8"))
+        entries = pipeline["stages"][stage].get("metrics", [])
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return {}
     values: dict[str, float] = {}

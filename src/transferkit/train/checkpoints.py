@@ -16,7 +16,6 @@ from pathlib import Path
 
 from transferkit.files import atomic_path, read_json, write_json
 
-
 FOLDER_DIGITS = 16  # of the fingerprint, naming a run's folder (64 bits: no collision among a team's runs)
 
 

@@ -173,7 +173,7 @@ def train_epochs(strategy, trainer, train_ds, val_ds, first: int, end: int, call
                 probs = trainer(images, training=True)
                 loss = tf.nn.compute_average_loss(per_example(labels, probs), global_batch_size=global_batch)
             grads = tape.gradient(loss, trainer.trainable_variables)
-            optimizer.apply_gradients(zip(grads, trainer.trainable_variables))  # summed across replicas
+            optimizer.apply_gradients(zip(grads, trainer.trainable_variables, strict=True))  # summed across replicas
             return (loss, *counts(labels, probs))
 
         results = strategy.run(replica_step, args=(images, labels))
@@ -219,9 +219,10 @@ def _epochs(strategy, first, end, hooks, trainer, batches, val_ds, train_step, v
         if val_ds is not None:
             totals = [0.0, 0.0, 0.0]
             for images, labels in val_ds:
-                totals = [t + float(v) for t, v in zip(totals, val_step(images, labels))]
+                totals = [t + float(v) for t, v in zip(totals, val_step(images, labels), strict=True)]
             logs.update(val_loss=totals[0] / max(totals[2], 1.0), val_accuracy=totals[1] / max(totals[2], 1.0))
-        logs = dict(zip(logs, from_chief(strategy, list(logs.values()))))  # the chief's numbers, everywhere
+        # The chief's numbers, everywhere.
+        logs = dict(zip(logs, from_chief(strategy, list(logs.values())), strict=True))
         print(f"Epoch {epoch + 1}/{end} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
         hooks.on_epoch_end(epoch, logs)  # the chief writes the epoch's checkpoint here
         barrier(strategy)  # so no worker reads a checkpoint (to resume, or the best epoch) not yet committed

@@ -33,21 +33,21 @@ from pathlib import Path
 import numpy as np
 
 from transferkit import device
-from transferkit.train import distributed
 from transferkit.backbones.build import build_backbone, weights_fingerprint
-from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
-from transferkit.train.checkpoints import Checkpointer, run_fingerprint
 from transferkit.config import BackboneParams, FinetuneParams
 from transferkit.data.datasets import image_dataset
+from transferkit.data.manifest import classes_of, load_manifest, split_of
+from transferkit.deliver.published import ModelInfo, assemble, save_published
 from transferkit.embeddings.table import read_table
 from transferkit.errors import TransferkitError
-from transferkit.data.manifest import classes_of, load_manifest, split_of
-from transferkit.train.optimizers import compile_finetune, make_optimizer
-from transferkit.deliver.published import ModelInfo, assemble, save_published
-from transferkit.train.recipe import Facts, Recipe, resolve
 from transferkit.results import StageResult
 from transferkit.seeding import seed_everything
+from transferkit.train import distributed
+from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
+from transferkit.train.checkpoints import Checkpointer, run_fingerprint
 from transferkit.train.common import nan_guard, write_history
+from transferkit.train.optimizers import compile_finetune, make_optimizer
+from transferkit.train.recipe import Facts, Recipe, resolve
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,8 +25,8 @@ Budgets are epochs, never wall time, so a run is the same on any machine.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 SMALL_PER_CLASS = 1000  # fewer labelled (train) images per class than this: "small"
 # Head val accuracy on the frozen features at least this: "similar", and the head alone is published. Below

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from transferkit.config import HeadParams
+from transferkit.data.manifest import classes_of, load_manifest, split_of
 from transferkit.embeddings.table import read_table
 from transferkit.files import atomic_path
-from transferkit.data.manifest import classes_of, load_manifest, split_of
 from transferkit.results import StageResult
 from transferkit.seeding import seed_everything
 from transferkit.train.common import class_weights, compile_classifier, nan_guard, write_history
