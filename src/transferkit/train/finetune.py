@@ -44,7 +44,7 @@ from transferkit.data.manifest import classes_of, load_manifest, split_of
 from transferkit.train.optimizers import compile_finetune, make_optimizer
 from transferkit.deliver.published import ModelInfo, assemble, save_published
 from transferkit.train.recipe import Facts, Recipe, resolve
-from transferkit.seeding import seed_everything
+from transferkit.seeding import pin_threads, seed_everything
 from transferkit.train.common import nan_guard, write_history
 
 
@@ -91,6 +91,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     cluster = distributed.cluster_from_env()
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
+    pin_threads()  # before the strategy: making one starts TensorFlow, whose thread count is then fixed
     plan = device.detect()
     strategy = distributed.make_strategy(cluster, gpus=device.gpu_count())  # before any other TensorFlow op
     device.apply(plan)
