@@ -62,6 +62,24 @@ def test_stages_of_one_execution_share_a_parent(in_tmp_cwd):
     assert experiment.artifact_location == (in_tmp_cwd.resolve() / "mlruns" / "exp").as_uri()
 
 
+def test_runs_say_which_machine_and_libraries_made_them(in_tmp_cwd, monkeypatch):
+    """Bits agree only on the same instruction set and library versions: every run says which it had."""
+    from importlib import metadata
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "4")
+    with StageRun("train_head", PARAMS, LOCAL) as run:
+        pass
+    client = MlflowClient(tracking_uri(LOCAL))
+    for tags in (client.get_run(run.run_id).data.tags, client.get_run(run.parent_id).data.tags):
+        assert tags["transferkit.tensorflow"] == metadata.version("tensorflow-cpu")
+        assert tags["transferkit.litert"] == metadata.version("ai-edge-litert")
+        assert tags["transferkit.keras"] == metadata.version("keras")
+        assert tags["transferkit.onednn"].endswith("max ISA avx2")
+        assert tags["transferkit.tf_intra_op_threads"] == "4"
+        assert tags["transferkit.cpu"] and tags["transferkit.cpu_isa"]
+
+
 def test_failed_stage_marks_its_runs_failed(in_tmp_cwd):
     try:
         with StageRun("finetune", PARAMS, LOCAL) as run:

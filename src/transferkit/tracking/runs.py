@@ -3,7 +3,9 @@
 One pipeline execution (`dvc repro` or `dvc exp run`) = one MLflow parent run
 carrying every parameter, the final test metrics, the plots and the model.
 Each stage that ran = one child run named after the stage, with its own
-parameters and per-epoch curves.
+parameters and per-epoch curves. Every run carries the machine it ran on
+(machine.py: CPU, instruction set, TensorFlow/oneDNN/LiteRT versions, thread
+count): results are bit-identical only where those agree.
 
 Stages are separate processes, so they find their parent run by a key that
 is the same for all stages of one execution: the id of the `dvc` process that
@@ -45,6 +47,7 @@ from typing import Any
 
 from transferkit.tracking.executions import (LOCK_TAG, PARENT_TAG, PIPELINE_TAG, STAGE_TAG, file_sha256, launcher, lock_entries,
                                    pipeline_key, process_id)
+from transferkit.tracking.machine import machine_tags
 from transferkit.tracking.server import (LocalStore, bound_retries, counted, login_problem, repo_root,  # noqa: F401 (re-export)
                                  server_problem, short_reason, tracking_uri)
 
@@ -125,7 +128,8 @@ class StageRun:
             self.parent_id = self._parent_run(self.experiment_id)
             child = self.client.create_run(
                 self.experiment_id, run_name=self.stage,
-                tags={PARENT_TAG: self.parent_id, STAGE_TAG: self.stage, PIPELINE_TAG: pipeline_key()})
+                tags={PARENT_TAG: self.parent_id, STAGE_TAG: self.stage, PIPELINE_TAG: pipeline_key(),
+                      **machine_tags()})
         except Exception as exc:  # bad URI, locked or unwritable database, server gone
             raise TransferkitError(f"MLflow tracking store {uri} is not usable: {short_reason(exc)}") from None
         self.run_id = child.info.run_id
@@ -212,7 +216,8 @@ class StageRun:
             self.client.update_run(parent_id, status="RUNNING")
             return parent_id
         name = os.environ.get("DVC_EXP_NAME") or time.strftime("repro-%Y%m%d-%H%M%S")
-        tags = {PIPELINE_TAG: key, STAGE_TAG: "pipeline"}
+        # The machine on the parent too, where runs are compared; each stage's run says where it ran.
+        tags = {PIPELINE_TAG: key, STAGE_TAG: "pipeline", **machine_tags()}
         commit = _git_commit(repo_root())
         if commit:
             tags["mlflow.source.git.commit"] = commit

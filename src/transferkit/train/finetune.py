@@ -41,7 +41,7 @@ from transferkit.deliver.published import ModelInfo, assemble, save_published
 from transferkit.embeddings.table import read_table
 from transferkit.errors import TransferkitError
 from transferkit.results import StageResult
-from transferkit.seeding import seed_everything
+from transferkit.seeding import pin_threads, seed_everything
 from transferkit.train import distributed
 from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
 from transferkit.train.checkpoints import Checkpointer, run_fingerprint
@@ -124,6 +124,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     cluster = distributed.cluster_from_env()
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
+    pin_threads()  # before the strategy: making one starts TensorFlow, whose thread count is then fixed
     plan = device.detect()
     strategy = distributed.make_strategy(cluster, gpus=device.gpu_count())  # before any other TensorFlow op
     device.apply(plan)
