@@ -125,7 +125,8 @@ def run_stage(stage: str, args, work: Callable, *, metrics: str | None = None, r
 def tracked(stage: str, args):
     """(params, StageRun) for a stage, from its parsed arguments."""
     from transferkit.config import load_params
-    from transferkit.tracking.runs import LocalStore, StageRun
+    from transferkit.tracking.runs import StageRun
+    from transferkit.tracking.server import LocalStore
 
     params = load_params(args.params)
     # The manifest a stage reads (prepare: writes) is the run's dataset in MLflow.

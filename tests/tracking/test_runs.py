@@ -1,14 +1,20 @@
 """MLflow tracking against a real sqlite store in a temporary folder."""
 
-from mlflow.tracking import MlflowClient
-
 import pytest
+from mlflow.tracking import MlflowClient
 
 from transferkit.config import parse_params
 from transferkit.errors import TransferkitError
-from transferkit.tracking.executions import RESTORED_TAG, finish_execution, process_id
-from transferkit.tracking.runs import (PARENT_TAG, STAGE_TAG, LocalStore, StageRun, flatten, pipeline_key, server_problem,
-                                  tracking_uri)
+from transferkit.tracking.executions import (
+    PARENT_TAG,
+    RESTORED_TAG,
+    STAGE_TAG,
+    finish_execution,
+    pipeline_key,
+    process_id,
+)
+from transferkit.tracking.runs import StageRun, flatten
+from transferkit.tracking.server import LocalStore, server_problem, tracking_uri
 
 from conftest import closed_port_url
 
@@ -103,7 +109,8 @@ def test_unreachable_server_stops_before_any_run_is_created(in_tmp_cwd, monkeypa
     url = closed_port_url()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     assert "refused" in server_problem(url).lower()
-    with pytest.raises(TransferkitError, match=rf"MLflow tracking server {url} is unreachable.*tracking.required: false"):
+    with pytest.raises(TransferkitError,
+                       match=rf"MLflow tracking server {url} is unreachable.*tracking.required: false"):
         with StageRun("prepare", PARAMS, LOCAL):
             raise AssertionError("the stage body must not run")
     assert not (in_tmp_cwd / "mlflow.db").exists()
@@ -130,7 +137,8 @@ def test_after_dvc_ends_restored_stages_are_recorded_and_nothing_is_left_running
     import psutil
 
     lock = in_tmp_cwd / "dvc.lock"
-    lock.write_text("schema: '2.0'\nstages:\n  prepare: {outs: [a]}\n  train_head: {outs: [b]}\n  evaluate: {outs: [c]}\n")
+    lock.write_text("schema: '2.0'\nstages:\n"
+                    "  prepare: {outs: [a]}\n  train_head: {outs: [b]}\n  evaluate: {outs: [c]}\n")
     from transferkit.tracking.executions import lock_entries
 
     (in_tmp_cwd / "dvc.yaml").write_text("stages:\n  evaluate:\n    metrics: [{m.json: {cache: false}}]\n")
@@ -140,7 +148,8 @@ def test_after_dvc_ends_restored_stages_are_recorded_and_nothing_is_left_running
         pass
     killed = StageRun("finetune", PARAMS, LOCAL).__enter__()  # a stage SIGKILLed mid-run never exits
     # Later in the same execution DVC restored train_head and evaluate (new lock entries, no process).
-    lock.write_text("schema: '2.0'\nstages:\n  prepare: {outs: [a]}\n  train_head: {outs: [b2]}\n  evaluate: {outs: [c2]}\n")
+    lock.write_text("schema: '2.0'\nstages:\n"
+                    "  prepare: {outs: [a]}\n  train_head: {outs: [b2]}\n  evaluate: {outs: [c2]}\n")
     dvc = subprocess.Popen(["sleep", "1"])  # stands in for the `dvc` process the watcher waits for
     client = MlflowClient(tracking_uri(LOCAL))
     finish_execution(tracking_uri(LOCAL), prepare.experiment_id, prepare.parent_id,

@@ -143,7 +143,8 @@ class DeadClient:
 
 def stage_run(required: bool):
     from transferkit.config import load_params
-    from transferkit.tracking.runs import LocalStore, StageRun
+    from transferkit.tracking.runs import StageRun
+    from transferkit.tracking.server import LocalStore
 
     params = load_params("params.yaml")
     run = StageRun("train_head", params, LocalStore("mlflow.db", "mlruns"))

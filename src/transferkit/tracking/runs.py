@@ -45,11 +45,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from transferkit.tracking.executions import (LOCK_TAG, PARENT_TAG, PIPELINE_TAG, STAGE_TAG, file_sha256, launcher, lock_entries,
-                                   pipeline_key, process_id)
+from transferkit.tracking.executions import (
+    LOCK_TAG,
+    PARENT_TAG,
+    PIPELINE_TAG,
+    STAGE_TAG,
+    file_sha256,
+    launcher,
+    lock_entries,
+    pipeline_key,
+    process_id,
+)
 from transferkit.tracking.machine import machine_tags
-from transferkit.tracking.server import (LocalStore, bound_retries, counted, login_problem, repo_root,  # noqa: F401 (re-export)
-                                 server_problem, short_reason, tracking_uri)
+from transferkit.tracking.server import (
+    LocalStore,
+    bound_retries,
+    counted,
+    login_problem,
+    repo_root,
+    server_problem,
+    short_reason,
+    tracking_uri,
+)
 
 # MLflow 3's UI opens an experiment in its GenAI view unless it is marked as model training
 # (the UI also keeps a per-browser choice, set by the ?workflowType=machine_learning URL parameter).
@@ -97,7 +114,7 @@ class StageRun:
         self.unsent: list[str] = []  # records not sent after that (tracking.required false)
 
     # ---- lifecycle -----------------------------------------------------------------
-    def __enter__(self) -> "StageRun":
+    def __enter__(self) -> StageRun:
         from mlflow.tracking import MlflowClient
 
         from transferkit.errors import TransferkitError
