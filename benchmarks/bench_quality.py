@@ -203,7 +203,7 @@ def main() -> None:
         results["feature extraction"] = (head_probs.argmax(1) == y_test, feature_seconds,
                                          f"head {head_summary.epochs_run} epochs")
         print(f"feature extraction: {results['feature extraction'][0].mean():.4f} in {feature_seconds:.0f} s "
-              f"(head: {json.dumps(head_summary)})", flush=True)
+              f"(head: {json.dumps(head_summary.metrics_file())})", flush=True)
         auto_seconds = args.scratch_seconds
         if "auto" in arms:
             start = time.perf_counter()
@@ -211,7 +211,7 @@ def main() -> None:
                                out / "model.keras", out / "model.json", out / "finetune.csv", out / "ckpt",
                                params.backbone, params.finetune, params.data.seed)
             outputs = EvaluateOutputs(**{name: out / f"eval-{name}.{ext}" for name, ext in (
-                ("metrics", "json"), ("confusion_csv", "csv"), ("predictions", "csv"), ("confusion_png", "png"),
+                ("confusion_csv", "csv"), ("predictions", "csv"), ("confusion_png", "png"),
                 ("calibration_png", "png"), ("curves_png", "png"))})
             report = evaluate(out / "manifest.parquet", out / "model.keras", out / "model.json", outputs, {},
                               params.evaluate).summary

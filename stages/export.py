@@ -14,7 +14,7 @@ def main() -> None:
 
     from transferkit.deliver.export import export
 
-    stage.run_stage("export", args, lambda params, run: export(
+    stage.run_stage("export", args, lambda params, tracker: export(
         args.manifest, args.model, args.model_info, args.out, params.export, params.tracking.registered_model),
         metrics=args.metrics)
 

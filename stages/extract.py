@@ -13,7 +13,7 @@ def main() -> None:
 
     from transferkit.embeddings.extract import extract
 
-    stage.run_stage("extract", args, lambda params, run: extract(args.manifest, args.store, args.embeddings,
+    stage.run_stage("extract", args, lambda params, tracker: extract(args.manifest, args.store, args.embeddings,
                                                                  params.backbone, params.extract, params.data.seed),
                     metrics=args.metrics)
 

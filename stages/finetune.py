@@ -20,9 +20,9 @@ def main() -> None:
     from transferkit.train.finetune import finetune
 
     # Another worker of a TF_CONFIG cluster than the chief trains, and writes and records nothing.
-    stage.run_stage("finetune", args, lambda params, run: finetune(
+    stage.run_stage("finetune", args, lambda params, tracker: finetune(
         args.manifest, args.embeddings, args.head, args.model, args.model_info, args.history, args.checkpoints,
-        params.backbone, params.finetune, params.data.seed, tracker=run),
+        params.backbone, params.finetune, params.data.seed, tracker=tracker),
         metrics=args.metrics, record=cluster_from_env().chief)
 
 

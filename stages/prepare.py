@@ -12,7 +12,7 @@ def main() -> None:
 
     from transferkit.data.prepare import prepare
 
-    stage.run_stage("prepare", args, lambda params, run: prepare(args.source or params.data.source, args.manifest,
+    stage.run_stage("prepare", args, lambda params, tracker: prepare(args.source or params.data.source, args.manifest,
                                                                  args.report, params.data))
 
 

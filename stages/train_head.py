@@ -14,9 +14,9 @@ def main() -> None:
 
     from transferkit.train.train_head import train_head
 
-    stage.run_stage("train_head", args, lambda params, run: train_head(args.manifest, args.embeddings, args.model,
+    stage.run_stage("train_head", args, lambda params, tracker: train_head(args.manifest, args.embeddings, args.model,
                                                                        args.history, params.head, params.data.seed,
-                                                                       tracker=run),
+                                                                       tracker=tracker),
                     metrics=args.metrics)
 
 

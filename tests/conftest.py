@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from transferkit.seeding import INTRA_OP_THREADS
+from transferkit.seeding import pin_threads_at_start
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # TensorFlow in the test processes on the thread count the stages pin (seeding.py): the same bits as a
 # stage, and no warning from seed_everything when a test ran TensorFlow before it.
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(INTRA_OP_THREADS))
+pin_threads_at_start()
 
 REPO = Path(__file__).resolve().parents[1]
 # The local MLflow store arguments every stage script takes (dvc.yaml passes the same).

@@ -16,6 +16,9 @@ from pathlib import Path
 from transferkit.config import DEFAULT_MAX_IMAGE_PIXELS
 from transferkit.data.images import IMAGE_SUFFIXES, ImageRejected, inspect_image
 
+# What `--runtime` offers: runners of deliver/runtimes.RUNNERS that take the Keras model itself.
+PREDICT_RUNTIMES = ("tensorflow", "litert")
+
 
 def collect_images(targets: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files as given, folders searched recursively for image files; returns (images, problems)."""
@@ -36,9 +39,11 @@ def collect_images(targets: list[str]) -> tuple[list[Path], list[tuple[str, str]
 
 
 def predict(args: argparse.Namespace) -> int:
+    from transferkit.seeding import pin_threads_at_start
     from transferkit.stage import quiet_tensorflow
 
     quiet_tensorflow()
+    pin_threads_at_start()  # the probabilities evaluate reported, to the bit, on any core count
     from transferkit.deliver.inference import predict_files, top_k
     from transferkit.deliver.published import load_published
     from transferkit.errors import TransferkitError
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=1, help="how many labels per image (default: %(default)s)")
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--runtime", choices=["tensorflow", "litert"], default="tensorflow",
+    p.add_argument("--runtime", choices=PREDICT_RUNTIMES, default="tensorflow",
                    help="what runs the model: TensorFlow, or LiteRT (converts it first, a few seconds; faster on "
                         "many images on a CPU) (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -8,10 +8,11 @@ The runner then, in this order:
 2. writes `metrics_file()` to the stage's metrics file (what `dvc exp show` compares), when dvc.yaml
    gives the stage one;
 3. logs `run_metrics()` and `run_params()` to the stage's MLflow run, `parent_metrics()` to the
-   pipeline's parent run, and `artifacts()` to either;
+   pipeline's parent run, and attaches `attachments()` (MLflow artifacts) to either, the metrics
+   file too where `metrics_to_parent` says so;
 4. calls `check()`: a gate (evaluate.min_accuracy, the export parity gate) fails the stage only
    after its figures are written and recorded;
-5. calls `finish(run)` for what needs the gate passed (export registers the served model).
+5. calls `finish(tracker)` for what needs the gate passed (export registers the served model).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
-class Artifact:
+class Attachment:
+    """A file attached to a run (an MLflow artifact)."""
     path: Path
     folder: str | None = None  # inside the run's artifacts
     parent: bool = False  # the pipeline's parent run, not the stage's own
@@ -33,6 +35,8 @@ def numbers(values: dict) -> dict[str, float]:
 
 
 class StageResult:
+    metrics_to_parent = False  # also attach the stage's metrics file to the pipeline's parent run
+
     def lines(self) -> list[str]:
         return []
 
@@ -48,12 +52,12 @@ class StageResult:
     def parent_metrics(self) -> dict[str, float]:
         return {}
 
-    def artifacts(self) -> list[Artifact]:
+    def attachments(self) -> list[Attachment]:
         return []
 
     def check(self) -> None:
         """Raise TransferkitError when the result fails the stage's gate."""
 
-    def finish(self, run) -> list[str]:
+    def finish(self, tracker) -> list[str]:
         """Records that need the gate passed; returns lines to print."""
         return []

@@ -22,6 +22,13 @@ def intra_op_threads() -> int:
     return int(value) if value.isdigit() else INTRA_OP_THREADS
 
 
+def pin_threads_at_start() -> None:
+    """The same count for a process that has not started TensorFlow yet, through TensorFlow's own variable
+    (read when it starts), so every op runs on it, evaluation and export included, not only those after
+    pin_threads(). A count the user set is kept."""
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(INTRA_OP_THREADS))
+
+
 def pin_threads() -> int:
     """Fix TensorFlow's intra-op thread count for this process; returns it.
 

@@ -66,9 +66,11 @@ def filter_stderr(harmless: tuple[bytes, ...] = HARMLESS_STDERR) -> None:
 def run_script(main: Callable[[], None], stage: str) -> None:
     """What a stage script runs under: quiet TensorFlow, no usage reports, a TransferkitError as one line (exit 1)."""
     from transferkit.errors import TransferkitError
+    from transferkit.seeding import pin_threads_at_start
 
     quiet_tensorflow()
     no_usage_reports()
+    pin_threads_at_start()  # every stage's TensorFlow, evaluate's and export's too: results do not follow the cores
     filter_stderr()
     try:
         main()
@@ -93,7 +95,8 @@ def parser(description: str):
 
 
 def run_stage(stage: str, args, work: Callable, *, metrics: str | None = None, record: bool = True) -> None:
-    """Run `work(params, run)` inside the stage's MLflow run and record the StageResult it returns.
+    """Run `work(params, tracker)` inside the stage's MLflow run (tracking.runs.StageRun) and record the
+    StageResult it returns.
 
     metrics: the stage's metrics file (dvc.yaml `metrics:`), written before any gate can fail the stage.
     record: False on a fine-tuning worker other than the chief: it trains, and writes and logs nothing."""
@@ -104,21 +107,23 @@ def run_stage(stage: str, args, work: Callable, *, metrics: str | None = None, r
         work(load_params(args.params), None)
         return
     params, tracking = tracked(stage, args)
-    with tracking as run:
-        result = work(params, run)
+    with tracking as tracker:
+        result = work(params, tracker)
         for line in result.lines():
             print(f"{stage}: {line}", flush=True)
         if metrics is not None:
             write_json(metrics, result.metrics_file())
-        run.log_metrics(result.run_metrics())
+        tracker.log_metrics(result.run_metrics())
         if result.run_params():
-            run.log_params(result.run_params())
+            tracker.log_params(result.run_params())
         if result.parent_metrics():
-            run.log_metrics(result.parent_metrics(), parent=True)
-        for artifact in result.artifacts():
-            run.log_artifact(artifact.path, artifact.folder, parent=artifact.parent)
+            tracker.log_metrics(result.parent_metrics(), parent=True)
+        if metrics is not None and result.metrics_to_parent:
+            tracker.log_artifact(metrics, parent=True)
+        for attachment in result.attachments():
+            tracker.log_artifact(attachment.path, attachment.folder, parent=attachment.parent)
         result.check()
-        for line in result.finish(run):
+        for line in result.finish(tracker):
             print(f"{stage}: {line}", flush=True)
 
 

@@ -16,7 +16,6 @@ from transferkit.backbones.build import (
     FAMILIES,
     BackboneError,
     build_backbone,
-    embedding_dim,
     family_of,
     weights_fingerprint,
 )
@@ -59,7 +58,7 @@ def random_init() -> Callable[[str], keras.Model]:
 
 def test_registry_lists_the_supported_names():
     assert set(BACKBONES) == set(EXPECTED_DIMS)
-    assert {name: embedding_dim(name) for name in BACKBONES} == EXPECTED_DIMS
+    assert {name: spec.embedding_dim for name, spec in BACKBONES.items()} == EXPECTED_DIMS
 
 
 def test_every_family_is_one_module_with_the_family_interface():
@@ -129,7 +128,7 @@ def test_unknown_name_lists_valid_names():
     assert all(name in str(caught.value) for name in BACKBONES)
     assert isinstance(caught.value, (ValueError, TransferkitError))
     with pytest.raises(BackboneError, match="efficientnet_lite0"):
-        embedding_dim("nope")
+        family_of("nope")
 
 
 def test_image_size_too_small():

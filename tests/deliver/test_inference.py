@@ -92,3 +92,18 @@ def test_predict_files_flips_each_image_for_tta(tmp_path, runtime):
     np.testing.assert_allclose(predictions.plain, [[200, 0, 0]] * 3, atol=1e-4)
     np.testing.assert_allclose(predictions.flipped, [[0, 0, 200]] * 3, atol=1e-4)
     np.testing.assert_allclose(predictions.probabilities, [[100, 0, 100]] * 3, atol=1e-4)
+
+
+def test_every_runtime_a_user_can_name_has_a_runner():
+    """config (which may not import deliver/) and the `transferkit` command list runtimes of their own: a new
+    runtime is one builder and one entry in runtimes.RUNNERS, and this catches a list it was not added to."""
+    import typing
+
+    from transferkit.cli import PREDICT_RUNTIMES
+    from transferkit.config import EvaluateParams, ExtractParams
+    from transferkit.deliver.runtimes import RUNNERS
+
+    named = set(PREDICT_RUNTIMES)
+    for section in (ExtractParams, EvaluateParams):
+        named |= set(typing.get_args(section.model_fields["runtime"].annotation)) - {"auto"}
+    assert named <= set(RUNNERS), sorted(named - set(RUNNERS))

@@ -12,7 +12,7 @@ from conftest import prepare_into, save_colour_model
 
 
 def outputs_in(folder) -> EvaluateOutputs:
-    return EvaluateOutputs(metrics=folder / "metrics.json", confusion_csv=folder / "confusion.csv",
+    return EvaluateOutputs(confusion_csv=folder / "confusion.csv",
                            predictions=folder / "predictions.csv", confusion_png=folder / "confusion.png",
                            calibration_png=folder / "calibration.png", curves_png=folder / "curves.png")
 
@@ -31,7 +31,7 @@ def test_scores_the_test_split_and_writes_every_output(image_folder, tmp_path):
     assert report["test_images"] == len(test) == 6 and report["accuracy"] == 1.0
     assert json.loads(json.dumps(result.metrics_file())) == report  # the metrics file the runner writes
     assert result.parent_metrics()["test_accuracy"] == 1.0
-    assert {a.path for a in result.artifacts()} >= {out.metrics, out.confusion_png, info_path}
+    assert result.metrics_to_parent and {a.path for a in result.attachments()} >= {out.confusion_png, info_path}
     predictions = pd.read_csv(out.predictions)
     assert sorted(predictions["path"]) == sorted(test["path"])
     assert (predictions["actual"] == predictions["predicted"]).all()

@@ -47,11 +47,6 @@ def _spec(name: str) -> BackboneSpec:
         raise BackboneError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}") from None
 
 
-def embedding_dim(name: str) -> int:
-    """Length of the embedding the backbone returns."""
-    return _spec(name).embedding_dim
-
-
 def family_of(name: str) -> ModuleType:
     """The family module of the backbone called `name` (a built model's name is its registry name)."""
     return FAMILIES[_spec(name).family]

@@ -25,6 +25,7 @@ Modality = Literal["image"]
 #   tf       x / 127.5 - 1, i.e. [-1, 1]
 #   caffe    RGB -> BGR, minus the ImageNet BGR means
 #   builtin  the Keras model rescales and normalises by itself (efficientnet_b0)
+# The family module builds these layers; the entry documents them (efficientnet_lite hard-codes "lite").
 Preprocessing = Literal["lite", "tf", "caffe", "builtin"]
 
 

@@ -28,7 +28,7 @@ from transferkit.data.manifest import MANIFEST_COLUMNS, SPLITS
 from transferkit.data.sources import Candidate, display_path, read_manifest, scan_folder
 from transferkit.errors import TransferkitError
 from transferkit.files import atomic_path, write_json
-from transferkit.results import Artifact, StageResult
+from transferkit.results import Attachment, StageResult
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ class PrepareResult(StageResult):
         return {"images": self.report["images"], "classes": len(self.report["classes"]),
                 "rejected": len(self.report["rejected"]), "duplicate_files": self.report["duplicate_files"]}
 
-    def artifacts(self) -> list[Artifact]:
-        return [Artifact(self.report_path)]
+    def attachments(self) -> list[Attachment]:
+        return [Attachment(self.report_path)]
 
 
 def validate(candidates: list[Candidate], params: DataParams) -> tuple[pd.DataFrame, list[dict]]:

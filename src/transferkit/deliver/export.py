@@ -212,11 +212,11 @@ class ExportResult(StageResult):
             raise TransferkitError("parity gate failed, exported files differ from the Keras model:\n  "
                                    + "\n  ".join(self.failures))
 
-    def finish(self, run) -> list[str]:
+    def finish(self, tracker) -> list[str]:
         """Log the served model (the ONNX file that passed, with the decoder's code) and register it."""
         from transferkit.deliver import serving
 
-        uri = run.log_model(serving.model_file(), {serving.MODEL_ARTIFACT: str(self.folder / "model.onnx"),
+        uri = tracker.log_model(serving.model_file(), {serving.MODEL_ARTIFACT: str(self.folder / "model.onnx"),
                                                    serving.INFO_ARTIFACT: str(self.folder / "model.onnx.json")},
                             [serving.code_path()], serving.model_signature(self.info),
                             serving.input_example(self.example), serving.pip_requirements(), self.registered_model)

@@ -30,7 +30,7 @@ from transferkit.errors import TransferkitError
 from transferkit.evaluate.metrics import classification_report
 from transferkit.evaluate.plots import calibration_png, confusion_png, curves_png
 from transferkit.files import atomic_path
-from transferkit.results import Artifact, StageResult
+from transferkit.results import Attachment, StageResult
 
 # The figures a run shows at a glance: the stage's MLflow run, and the pipeline's as test_<name>.
 HEADLINE = ("accuracy", "macro_f1", "log_loss", "ece", "accuracy_without_tta", "head_only_accuracy",
@@ -39,8 +39,7 @@ HEADLINE = ("accuracy", "macro_f1", "log_loss", "ece", "accuracy_without_tta", "
 
 @dataclass(frozen=True)
 class EvaluateOutputs:
-    """Where evaluate writes (from the command line, i.e. dvc.yaml)."""
-    metrics: Path  # JSON: accuracy, macro-F1, per-class figures, calibration error
+    """Where evaluate writes (from the command line, i.e. dvc.yaml); the metrics file is the runner's."""
     confusion_csv: Path  # actual,predicted per test image: DVC's confusion-matrix plot data
     predictions: Path  # path,actual,predicted,confidence per test image, for error analysis
     confusion_png: Path
@@ -50,6 +49,8 @@ class EvaluateOutputs:
 
 @dataclass(frozen=True)
 class EvaluateResult(StageResult):
+    metrics_to_parent = True  # the test metrics beside the plots in the pipeline's run
+
     summary: dict  # the metrics file: accuracy, macro-F1, per class, calibration, the head-only model's figures
     outputs: EvaluateOutputs
     attached: tuple[Path, ...]  # logged to the pipeline's run beside the metrics: model.json, the data report
@@ -73,12 +74,11 @@ class EvaluateResult(StageResult):
     def parent_metrics(self) -> dict[str, float]:
         return {f"test_{k}": v for k, v in self.run_metrics().items()}
 
-    def artifacts(self) -> list[Artifact]:
-        plots = [Artifact(png, "plots", parent=True) for png in (self.outputs.confusion_png,
+    def attachments(self) -> list[Attachment]:
+        plots = [Attachment(png, "plots", parent=True) for png in (self.outputs.confusion_png,
                                                                   self.outputs.calibration_png,
                                                                   self.outputs.curves_png)]
-        return [*plots, Artifact(self.outputs.metrics, parent=True),
-                *(Artifact(path, parent=True) for path in self.attached)]
+        return [*plots, *(Attachment(path, parent=True) for path in self.attached)]
 
     def check(self) -> None:
         """evaluate.min_accuracy: below it the stage fails, so nothing downstream is exported or registered."""

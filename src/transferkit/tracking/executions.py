@@ -1,7 +1,7 @@
 """Which pipeline execution a stage belongs to, and completing its MLflow record after DVC ends.
 
 An execution is one `dvc repro` / `dvc exp run`: its stages are separate
-processes that share the nearest `dvc` ancestor process. tracking.StageRun
+processes that share the nearest `dvc` ancestor process. runs.StageRun
 uses `pipeline_key` to find the execution's parent run, and the first stage
 starts `finish_execution` in a detached process (`python -m
 transferkit.tracking.executions finish ...`): once the `dvc` process ends, it records

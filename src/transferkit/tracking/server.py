@@ -3,7 +3,7 @@ tracking server as seen from a stage: reachable, letting us in, and not retried 
 
 Plain HTTP checks made before any work (MLflow's client would retry for
 minutes first), the bounded retry settings every stage process uses, and one
-short line for MLflow's long failure messages. Used by tracking.py only.
+short line for MLflow's long failure messages. Used by tracking/runs.py and stage.py.
 """
 
 from __future__ import annotations
