@@ -214,7 +214,7 @@ def main() -> None:
                 ("confusion_csv", "csv"), ("predictions", "csv"), ("confusion_png", "png"),
                 ("calibration_png", "png"), ("curves_png", "png"))})
             report = evaluate(out / "manifest.parquet", out / "model.keras", out / "model.json", outputs, {},
-                              params.evaluate).summary
+                              params.evaluate, params.data.seed).summary
             auto_seconds = feature_seconds + time.perf_counter() - start
             predictions = __import__("pandas").read_csv(outputs.predictions)
             correct = (predictions["actual"] == predictions["predicted"]).to_numpy()

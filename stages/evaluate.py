@@ -29,8 +29,8 @@ def main() -> None:
     outputs = EvaluateOutputs(**{f.name: Path(getattr(args, f.name)) for f in fields(EvaluateOutputs)})
     histories = dict(h.split("=", 1) for h in args.history)
     stage.run_stage("evaluate", args, lambda params, tracker: evaluate(
-        args.manifest, args.model, args.model_info, outputs, histories, params.evaluate, head_path=args.head,
-        embeddings_path=args.embeddings, report_path=args.report), metrics=args.metrics)
+        args.manifest, args.model, args.model_info, outputs, histories, params.evaluate, params.data.seed,
+        head_path=args.head, embeddings_path=args.embeddings, report_path=args.report), metrics=args.metrics)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ def test_defaults_are_used_for_missing_sections():
     ({"data": {"min_images_per_class": 0}}, "data.min_images_per_class: Input should be greater than or equal to 1"),
     ({"tracking": {"required": "sometimes"}}, "tracking.required: Input should be a valid boolean"),
     ({"data": {"max_image_pixel": 10}}, "data.max_image_pixel: unknown key (did you mean 'max_image_pixels'?)"),
+    ({"evaluate": {"baseline_max_train": 0}},
+     "evaluate.baseline_max_train: Input should be greater than or equal to 1"),
 ])
 def test_bad_params_name_the_key(raw, expected):
     with pytest.raises(TransferkitError) as info:

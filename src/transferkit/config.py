@@ -31,7 +31,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "extract": ("backbone", "extract", "data.seed"),
     "train_head": ("head", "data.seed"),
     "finetune": ("backbone", "finetune", "data.seed"),
-    "evaluate": ("evaluate",),
+    "evaluate": ("evaluate", "data.seed"),
     "export": ("export",),
 }
 
@@ -134,6 +134,10 @@ class EvaluateParams(Section):
     tta: bool = Field(False, description="test-time augmentation: average over the image and its left-right flip")
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0,
                                        description="quality gate: a lower test accuracy fails evaluate (null: off)")
+    baseline: bool = Field(True, description="fit cheap classical baselines (SVM, logistic regression on raw "
+                                             "pixels, kNN on the embeddings); the best on val is scored on test")
+    baseline_max_train: int = Field(2000, ge=1, description="train images the baselines are fitted on at most (and "
+                                                             "as many val images), drawn per class with data.seed")
 
 
 class ExportParams(Section):

@@ -77,6 +77,8 @@ def test_full_pipeline_produces_model_metrics_and_plots(project, first_run, env)
     assert "images/s" in first_run.stderr  # extract reports throughput
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics
+    assert metrics["gain_over_baseline"] == metrics["accuracy"] - metrics["baseline_accuracy"]  # evaluate.baseline
+    assert "evaluate: baseline: " in first_run.stdout
     assert set(metrics["per_class"]) == {"circle", "square", "triangle", UNICODE_CLASS}
     report = json.loads((project / "data" / "prepared" / "report.json").read_text())
     listed = {r["path"].removeprefix("data/tiny/"): r["reason"] for r in report["rejected"] + report["skipped"]}
@@ -109,7 +111,7 @@ def test_mlflow_has_parent_and_child_runs(project, first_run):
     assert parent.info.status == "FINISHED"
     assert parent.data.params["head.learning_rate"] == "0.001"
     assert parent.data.params["backbone.image_size"] == "32"
-    assert "test_accuracy" in parent.data.metrics
+    assert {"test_accuracy", "test_baseline_accuracy", "test_gain_over_baseline"} <= set(parent.data.metrics)
     head_run = next(r for r in children if r.info.run_name == "train_head")
     assert len(client.get_metric_history(head_run.info.run_id, "val_loss")) >= 2  # a curve, not a point
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
@@ -263,7 +265,7 @@ def test_readme_experiment_line_works_in_a_fresh_shell(project, first_run, env, 
     parent = next(r for r in runs if r.data.tags.get("transferkit.stage") == "pipeline")
     assert parent.info.run_name in sh(["dvc", "exp", "show", "--json"], project, env).stdout  # named after the exp
     assert parent.data.params["head.learning_rate"] == "0.003"
-    assert "test_accuracy" in parent.data.metrics
+    assert {"test_accuracy", "test_baseline_accuracy", "test_gain_over_baseline"} <= set(parent.data.metrics)
     children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
     assert children == ["evaluate", "export", "finetune", "train_head"]
 

@@ -8,7 +8,7 @@ from transferkit.config import EvaluateParams
 from transferkit.errors import TransferkitError
 from transferkit.evaluate.evaluate import EvaluateOutputs, evaluate
 
-from conftest import prepare_into, save_colour_model
+from conftest import DEFAULT_CLASSES, colour_model, prepare_into, save_colour_model
 
 
 def outputs_in(folder) -> EvaluateOutputs:
@@ -25,7 +25,7 @@ def test_scores_the_test_split_and_writes_every_output(image_folder, tmp_path):
                   "val_accuracy": [0.4, 0.8]}).to_csv(history, index=False)
     out = outputs_in(tmp_path / "out")
     histories = {"train_head": str(history), "finetune": str(tmp_path / "none.csv")}
-    result = evaluate(manifest, model_path, info_path, out, histories, EvaluateParams(batch_size=4))
+    result = evaluate(manifest, model_path, info_path, out, histories, EvaluateParams(batch_size=4), seed=0)
     report = result.summary
     test = pd.read_parquet(manifest).query("split == 'test'")
     assert report["test_images"] == len(test) == 6 and report["accuracy"] == 1.0
@@ -38,6 +38,14 @@ def test_scores_the_test_split_and_writes_every_output(image_folder, tmp_path):
     assert list(pd.read_csv(out.confusion_csv).columns) == ["actual", "predicted"]
     for png in (out.confusion_png, out.calibration_png, out.curves_png):
         assert Image.open(png).format == "PNG"
+    # The baseline, on the same test images: the colour model is perfect, so it is not below it.
+    assert report["baseline"] == result.run_params()["baseline"] and 0 < report["baseline_accuracy"] <= 1.0
+    assert report["gain_over_baseline"] == 1.0 - report["baseline_accuracy"]
+    assert {"test_baseline_accuracy", "test_baseline_val_accuracy", "test_gain_over_baseline"} <= set(
+        result.parent_metrics())
+    lines = result.lines()
+    assert any(line.startswith(f"baseline {report['baseline']} scores") and "points over it" in line for line in lines)
+    assert not any("below the baseline" in line for line in lines)
 
 
 def test_an_empty_test_split_is_an_error(image_folder, tmp_path):
@@ -45,7 +53,7 @@ def test_an_empty_test_split_is_an_error(image_folder, tmp_path):
     frame = pd.read_parquet(manifest)
     frame[frame["split"] != "test"].to_parquet(manifest)
     with pytest.raises(TransferkitError, match="test split is empty"):
-        evaluate(manifest, *save_colour_model(tmp_path), outputs_in(tmp_path / "out"), {}, EvaluateParams())
+        evaluate(manifest, *save_colour_model(tmp_path), outputs_in(tmp_path / "out"), {}, EvaluateParams(), seed=0)
 
 
 def test_quality_gate_is_off_by_default_and_fails_below_min_accuracy():
@@ -75,7 +83,48 @@ def test_head_only_model_and_tta_are_scored_beside_the_published_model(image_fol
     head.get_layer("out").set_weights([np.eye(3, dtype=np.float32) * 20, np.zeros(3, np.float32)])
     head.save(tmp_path / "head.keras")
     report = evaluate(manifest, *save_colour_model(tmp_path), outputs_in(tmp_path / "out"), {},
-                      EvaluateParams(batch_size=4, tta=True), head_path=tmp_path / "head.keras",
+                      EvaluateParams(batch_size=4, tta=True), seed=0, head_path=tmp_path / "head.keras",
                       embeddings_path=tmp_path / "embeddings.npz").summary
     assert report["tta"] is True and report["accuracy"] == report["accuracy_without_tta"] == 1.0  # colour: flip-proof
     assert report["head_only_accuracy"] == 1.0 and report["finetune_gain"] == 0.0
+
+
+def save_first_class_model(folder):
+    """(model.keras, model.json) of a published model that always answers the first class: a bad model."""
+    import numpy as np
+
+    from transferkit.deliver.published import ModelInfo, save_published
+
+    model = colour_model()
+    model.get_layer("colour").set_weights([np.zeros((3, 3), np.float32), np.array([1, 0, 0], np.float32)])
+    info = ModelInfo(classes=list(DEFAULT_CLASSES), image_size=32, backbone="colour", backbone_weights_sha256="0" * 64)
+    save_published(model, info, folder / "model.keras", folder / "model.json")
+    return folder / "model.keras", folder / "model.json"
+
+
+def test_a_model_below_the_baseline_is_named_in_plain_words(image_folder, tmp_path):
+    manifest = prepare_into(image_folder, tmp_path / "prepared", val_fraction=0.25, test_fraction=0.25)
+    result = evaluate(manifest, *save_first_class_model(tmp_path), outputs_in(tmp_path / "out"), {},
+                      EvaluateParams(batch_size=4), seed=0)
+    report = result.summary
+    assert report["accuracy"] == pytest.approx(1 / 3)  # 2 of the 6 test images are the first class
+    assert report["baseline_accuracy"] == 1.0 and report["gain_over_baseline"] == pytest.approx(-2 / 3)
+    assert (f"the published model (0.3333) is below the baseline {report['baseline']} (1.0000) on the same test "
+            f"images: try") in "\n".join(result.lines())
+
+
+def test_baseline_false_leaves_the_baseline_out(image_folder, tmp_path):
+    manifest = prepare_into(image_folder, tmp_path / "prepared", val_fraction=0.25, test_fraction=0.25)
+    result = evaluate(manifest, *save_first_class_model(tmp_path), outputs_in(tmp_path / "out"), {},
+                      EvaluateParams(batch_size=4, baseline=False), seed=0)
+    assert not [key for key in result.summary if "baseline" in key]
+    assert not [key for key in result.parent_metrics() if "baseline" in key] and result.run_params() == {}
+    assert not [line for line in result.lines() if "baseline" in line]
+
+
+def test_without_val_images_a_line_says_why_there_is_no_baseline(image_folder, tmp_path):
+    manifest = prepare_into(image_folder, tmp_path / "prepared", val_fraction=0.0, test_fraction=0.25)
+    result = evaluate(manifest, *save_colour_model(tmp_path), outputs_in(tmp_path / "out"), {},
+                      EvaluateParams(batch_size=4), seed=0)
+    assert "baseline" not in result.summary
+    assert "no baseline: the val split is empty (data.val_fraction), and a baseline is chosen on val" in result.lines()

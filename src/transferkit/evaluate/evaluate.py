@@ -11,6 +11,12 @@ feature extraction alone gives) is scored on the same test images: the head
 on their embeddings, which is that model's output without running the
 backbone again. `finetune_gain` = what fine-tuning bought on test (without
 TTA on either side, so it is fine-tuning's own gain).
+
+With `evaluate.baseline`, cheap classical baselines (baselines.py: an RBF SVM
+and a logistic regression on raw pixels, kNN on the embeddings) are fitted on
+train, the best on val is refitted on train + val and scored on the same test
+images: `gain_over_baseline` = the published model's test accuracy minus the
+baseline's, and a line says so in plain words when the model loses.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from transferkit.deliver.inference import predict_files
 from transferkit.deliver.published import load_published
 from transferkit.embeddings.table import read_table
 from transferkit.errors import TransferkitError
+from transferkit.evaluate.baselines import BaselineResult, fit_baseline
 from transferkit.evaluate.metrics import classification_report
 from transferkit.evaluate.plots import calibration_png, confusion_png, curves_png
 from transferkit.files import atomic_path
@@ -34,7 +41,7 @@ from transferkit.results import Attachment, StageResult
 
 # The figures a run shows at a glance: the stage's MLflow run, and the pipeline's as test_<name>.
 HEADLINE = ("accuracy", "macro_f1", "log_loss", "ece", "accuracy_without_tta", "head_only_accuracy",
-            "head_only_macro_f1", "finetune_gain")
+            "head_only_macro_f1", "finetune_gain", "baseline_accuracy", "baseline_val_accuracy", "gain_over_baseline")
 
 
 @dataclass(frozen=True)
@@ -51,10 +58,12 @@ class EvaluateOutputs:
 class EvaluateResult(StageResult):
     metrics_to_parent = True  # the test metrics beside the plots in the pipeline's run
 
-    summary: dict  # the metrics file: accuracy, macro-F1, per class, calibration, the head-only model's figures
+    summary: dict  # the metrics file: accuracy, macro-F1, per class, calibration, head-only model, baseline
     outputs: EvaluateOutputs
     attached: tuple[Path, ...]  # logged to the pipeline's run beside the metrics: model.json, the data report
     min_accuracy: float | None  # evaluate.min_accuracy, the quality gate
+    baseline_asked: bool = False  # evaluate.baseline
+    baseline: BaselineResult | None = None  # None when not asked, or without val images to choose it on
 
     def lines(self) -> list[str]:
         s = self.summary
@@ -63,6 +72,10 @@ class EvaluateResult(StageResult):
         if "head_only_accuracy" in s:
             lines.append(f"head-only model (frozen backbone + head) {s['head_only_accuracy']:.4f}: fine-tuning "
                          f"bought {s['finetune_gain'] * 100:+.2f} points")
+        if self.baseline is not None:
+            lines += baseline_lines(self.baseline, s["accuracy"])
+        elif self.baseline_asked:
+            lines.append("no baseline: the val split is empty (data.val_fraction), and a baseline is chosen on val")
         return lines
 
     def metrics_file(self) -> dict:
@@ -70,6 +83,9 @@ class EvaluateResult(StageResult):
 
     def run_metrics(self) -> dict[str, float]:
         return {k: self.summary[k] for k in HEADLINE if k in self.summary}
+
+    def run_params(self) -> dict[str, str]:
+        return {"baseline": self.baseline.name} if self.baseline else {}
 
     def parent_metrics(self) -> dict[str, float]:
         return {f"test_{k}": v for k, v in self.run_metrics().items()}
@@ -85,6 +101,22 @@ class EvaluateResult(StageResult):
         quality_gate(self.summary, self.min_accuracy)
 
 
+def baseline_lines(baseline: BaselineResult, accuracy: float) -> list[str]:
+    """Where the published model stands against the baseline, in plain words, and what the baseline cost."""
+    name, test_accuracy = baseline.name, baseline.test_accuracy
+    if accuracy < test_accuracy:
+        verdict = (f"the published model ({accuracy:.4f}) is below the baseline {name} ({test_accuracy:.4f}) on "
+                   f"the same test images: try finetune.strategy full, a larger backbone.image_size or another "
+                   f"backbone; on small, low-resolution images a classical method can be the better model")
+    else:
+        verdict = (f"baseline {name} scores {test_accuracy:.4f} on the same test images: the published model "
+                   f"gains {(accuracy - test_accuracy) * 100:+.2f} points over it")
+    cost = (f"baseline: {len(baseline.val_scores)} candidates fitted on {baseline.train_images} train images, {name} "
+            f"the best on {baseline.val_images} val images ({baseline.val_accuracy:.4f}), refitted on train + val, "
+            f"in {baseline.seconds:.1f} s")
+    return [verdict, cost]
+
+
 def head_only_probs(head_path: str | Path, embeddings_path: str | Path, hashes: list[str]) -> np.ndarray:
     """The frozen backbone + head on these images: the head on their embeddings."""
     import keras
@@ -94,11 +126,14 @@ def head_only_probs(head_path: str | Path, embeddings_path: str | Path, hashes: 
 
 
 def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str | Path, outputs: EvaluateOutputs,
-             histories: dict[str, str], params: EvaluateParams, head_path: str | Path | None = None,
+             histories: dict[str, str], params: EvaluateParams, seed: int, head_path: str | Path | None = None,
              embeddings_path: str | Path | None = None, report_path: str | Path | None = None) -> EvaluateResult:
-    """Score the published model on the test split, and the head-only model when `head_path` and
-    `embeddings_path` are given; write the plots and their data (the runner writes the metrics file)."""
-    test = split_of(load_manifest(manifest_path), "test")
+    """Score the published model on the test split, the head-only model when `head_path` and
+    `embeddings_path` are given, and the baseline (with kNN on the embeddings when given; `seed`: data.seed,
+    which draws the baseline's capped images); write the plots and their data (the runner writes the
+    metrics file)."""
+    manifest = load_manifest(manifest_path)
+    test = split_of(manifest, "test")
     if test.empty:
         raise TransferkitError("data.test_fraction: the test split is empty; nothing to evaluate")
     model, info = load_published(model_path, info_path)
@@ -117,6 +152,11 @@ def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str |
                                      y_true, classes, params.calibration_bins).summary
         report.summary.update(head_only_accuracy=head["accuracy"], head_only_macro_f1=head["macro_f1"],
                               finetune_gain=plain_accuracy - head["accuracy"])
+    baseline = fit_baseline(manifest, embeddings_path, params.baseline_max_train, seed) if params.baseline else None
+    if baseline is not None:
+        report.summary.update(baseline=baseline.name, baseline_accuracy=baseline.test_accuracy,
+                              baseline_val_accuracy=baseline.val_accuracy,
+                              gain_over_baseline=report.summary["accuracy"] - baseline.test_accuracy)
 
     y_pred = probs.argmax(axis=1)
     actual, predicted = [classes[i] for i in y_true], [classes[i] for i in y_pred]
@@ -130,7 +170,7 @@ def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str |
     calibration_png(report.calibration, outputs.calibration_png, report.summary["ece"])
     curves_png(histories, outputs.curves_png)
     attached = (Path(info_path), *([Path(report_path)] if report_path else []))
-    return EvaluateResult(report.summary, outputs, attached, params.min_accuracy)
+    return EvaluateResult(report.summary, outputs, attached, params.min_accuracy, params.baseline, baseline)
 
 
 def quality_gate(summary: dict, min_accuracy: float | None) -> None:
