@@ -77,7 +77,8 @@ def curves_png(histories: dict[str, str | Path], path: str | Path) -> None:
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
-        ax.legend()
+        if ax.get_lines():  # no history to draw (no training phase ran): an empty frame, not a warning
+            ax.legend()
     fig.suptitle("Training curves")
     _save(fig, path)
     plt.close(fig)
