@@ -41,7 +41,7 @@ def test_defaults_are_used_for_missing_sections():
     ({"backbone": {"image_size": 16}}, "backbone.image_size: Input should be greater than or equal to 32"),
     ({"backbone": {"name": "inception_v3", "image_size": 64}},
      "backbone.image_size: Value error, backbone inception_v3 needs image_size >= 75 pixels, got 64"),
-    ({"data": {"min_images_per_class": 0}}, "data.min_images_per_class: Input should be greater than or equal to 1"),
+    ({"data": {"min_examples_per_class": 0}}, "data.min_examples_per_class: Input should be greater than or equal to 1"),
     ({"tracking": {"required": "sometimes"}}, "tracking.required: Input should be a valid boolean"),
     ({"data": {"max_image_pixel": 10}}, "data.max_image_pixel: unknown key (did you mean 'max_image_pixels'?)"),
     ({"evaluate": {"baseline_max_train": 0}},

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from transferkit.backbones.registry import BACKBONE_NAMES, BACKBONES
 from transferkit.errors import TransferkitError
@@ -21,6 +21,9 @@ from transferkit.errors import TransferkitError
 # data.max_image_pixels' default, also the limit of `predict` and the served model: Pillow's own
 # default, about 0.27 GB of RGB pixels once decoded.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# data.max_text_bytes' default, also the limit of `predict` and the served model: 1 MB, about 200 pages of
+# plain text; an e-mail with a large attachment inline can exceed it.
+DEFAULT_MAX_TEXT_BYTES = 1_000_000
 
 # The params each stage reads, as dvc.yaml lists them under `params:` (a
 # section, or section.key). The `tracking` section is read by every stage, but
@@ -53,14 +56,24 @@ class Section(BaseModel):
 
 
 class DataParams(Section):
-    source: str = Field("data/sample", description="image folder (one sub-folder per class) or CSV/Parquet manifest")
+    source: str = Field("data/sample", description="image or text folder (one sub-folder per class) or CSV/Parquet "
+                                                   "manifest")
     seed: int = Field(42, ge=0, description="seed for the split and for every random init")
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="evaluate needs test images in every class")
-    min_images_per_class: int = Field(3, ge=1, description="a class with fewer valid images stops the run")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="evaluate needs test examples in every class")
+    min_examples_per_class: int = Field(3, ge=1, description="a class with fewer valid images or texts stops the run")
     min_image_side: int = Field(8, ge=1, description="pixels; smaller images are rejected")
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1,
                                   description="larger images are rejected (decompression bombs)")
+    max_text_bytes: int = Field(DEFAULT_MAX_TEXT_BYTES, ge=1, description="bytes; larger text files are rejected")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, raw: Any) -> Any:
+        # Renamed when texts arrived (the count is of images or texts): the old name says where it went.
+        if isinstance(raw, dict) and "min_images_per_class" in raw:
+            raise ValueError("data.min_images_per_class was renamed: use data.min_examples_per_class")
+        return raw
 
 
 class BackboneParams(Section):

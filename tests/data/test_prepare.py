@@ -241,7 +241,7 @@ def test_class_too_small_for_a_test_split_names_the_key(image_folder, tmp_path, 
     monkeypatch.setattr("transferkit.data.prepare.inspect_image", _must_not_decode)
     with pytest.raises(TransferkitError,
                        match=r"data.test_fraction=0.25 leaves no test image for class\(es\) triangle"):
-        run_prepare(image_folder, tmp_path, min_images_per_class=1)
+        run_prepare(image_folder, tmp_path, min_examples_per_class=1)
 
 
 def test_class_emptied_by_rejects_stops_naming_it(image_folder, tmp_path):

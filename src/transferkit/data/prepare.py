@@ -1,19 +1,28 @@
-"""The `prepare` stage: scan, validate, hash and split the user's images.
+"""The `prepare` stage: scan, validate, hash and split the user's images or texts.
 
-Input is an image folder (one sub-folder per class) or a CSV/Parquet manifest
-with columns `path,label[,split]`. Every image is decoded once to prove it is
-usable; files that are not are listed in the data report with a reason and
-left out. Raw data is only read, never modified.
+Input is a folder (one sub-folder per class) or a CSV/Parquet manifest with
+columns `path,label[,split]` (files) or `text,label[,split]` (texts inline).
+Every file is decoded once, by the decoder every later stage uses
+(data/images.py, data/texts.py), to prove it is usable; files that are not
+are listed in the data report with a reason and left out. Raw data is only
+read, never modified.
 
-The split is stratified by class and grouped by content hash, so identical
-image bytes always land in the same split (a duplicate in train and test would
-inflate the test score). The same bytes under two labels is a conflict: all
-copies are rejected.
+The modality (image or text) is decided from the source (`decide_modality`)
+and recorded in the manifest's columns (manifest.modality_of) and in the
+report. Texts given inline are written once, UTF-8, named by their hash, to
+the texts folder, and the manifest's `path` points there: later stages read
+files only.
+
+The split is stratified by class and grouped by content hash (an image's
+bytes, a text's decoded characters), so identical examples always land in the
+same split (a duplicate in train and test would inflate the test score). The
+same content under two labels is a conflict: all copies are rejected.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -24,8 +33,9 @@ import pandas as pd
 
 from transferkit.config import DataParams
 from transferkit.data.images import IMAGE_SUFFIXES, ImageRejected, inspect_image, sha256_file
-from transferkit.data.manifest import MANIFEST_COLUMNS, SPLITS
+from transferkit.data.manifest import SPLITS, columns_for
 from transferkit.data.sources import Candidate, display_path, read_manifest, scan_folder
+from transferkit.data.texts import TEXT_SUFFIXES, TextRejected, check_text, inspect_text, text_sha256, text_suffix
 from transferkit.errors import TransferkitError
 from transferkit.files import atomic_path, write_json
 from transferkit.results import Attachment, StageResult
@@ -38,38 +48,97 @@ class PrepareResult(StageResult):
 
     def lines(self) -> list[str]:
         split = {s: sum(self.report["per_split"][s].values()) for s in SPLITS}
-        return [f"{self.report['images']} images in {len(self.report['classes'])} classes (train {split['train']}, "
+        noun = _noun(self.report["modality"])
+        return [f"{self.report[noun]} {noun} in {len(self.report['classes'])} classes (train {split['train']}, "
                 f"val {split['val']}, test {split['test']}); {len(self.report['rejected'])} rejected"]
 
     def run_metrics(self) -> dict[str, float]:
-        return {"images": self.report["images"], "classes": len(self.report["classes"]),
+        noun = _noun(self.report["modality"])
+        return {noun: self.report[noun], "classes": len(self.report["classes"]),
                 "rejected": len(self.report["rejected"]), "duplicate_files": self.report["duplicate_files"]}
 
     def attachments(self) -> list[Attachment]:
         return [Attachment(self.report_path)]
 
 
-def validate(candidates: list[Candidate], params: DataParams) -> tuple[pd.DataFrame, list[dict]]:
-    """Decode and hash each candidate. Returns the valid rows and the rejects with reasons."""
-    rows, rejects = [], []
+def _noun(modality: str) -> str:
+    return "texts" if modality == "text" else "images"
+
+
+def kind_of(path: Path) -> str | None:
+    """Which decoder a file's name offers it to: 'image', 'text' (see data/texts.py) or None (neither)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "image"
+    if text_suffix(path) in TEXT_SUFFIXES:
+        return "text"
+    return None
+
+
+def decide_modality(candidates: list[Candidate], min_per_class: int, source: Path) -> str:
+    """'text' or 'image', from the source's files (a manifest's `text` column: text).
+
+    A kind whose files are fewer than data.min_examples_per_class in every
+    class is strays (a readme.txt among images), rejected later with a reason;
+    when both kinds have that many files in some class, the source mixes
+    images and texts: an error naming a file of each.
+    """
+    if any(c.text is not None for c in candidates):
+        return "text"
+    per_label: dict[str, Counter] = {"image": Counter(), "text": Counter()}
+    first: dict[str, Path] = {}
     for c in candidates:
-        shown = display_path(c.path)
+        kind = None if c.problem else kind_of(c.path)
+        if kind:
+            per_label[kind][c.label] += 1
+            first.setdefault(kind, c.path)
+    enough = {kind: any(n >= min_per_class for n in counts.values()) for kind, counts in per_label.items()}
+    if enough["image"] and enough["text"]:
+        raise TransferkitError(
+            f"data.source: {source} mixes images and texts (e.g. {display_path(first['image'])} and "
+            f"{display_path(first['text'])}); a source holds one kind: move the other files out")
+    if enough["image"] or enough["text"]:
+        return "image" if enough["image"] else "text"
+    return "text" if per_label["text"].total() > per_label["image"].total() else "image"
+
+
+def validate(candidates: list[Candidate], params: DataParams,
+             modality: str = "image") -> tuple[pd.DataFrame, list[dict], dict[str, str]]:
+    """Decode and hash each candidate.
+
+    Returns the valid rows, the rejects with reasons and the inline texts by
+    hash (for the texts folder; their rows' `path` names the manifest row
+    until `prepare` points it at the file there).
+    """
+    rows, rejects, inline = [], [], {}
+    for c in candidates:
+        shown = c.shown
         try:
             if c.problem:
                 raise ImageRejected(c.problem)
             if not c.label:
                 raise ImageRejected("empty label")
+            if c.text is not None:
+                text = check_text(c.text, params.max_text_bytes)
+                digest = text_sha256(text)
+                inline[digest] = text
+                # `path` names the manifest row until prepare knows the file in the texts folder.
+                rows.append({"path": shown, "label": c.label, "split": c.split, "sha256": digest,
+                             "chars": len(text), "encoding": "utf-8"})
+                continue
             if c.path.is_symlink() and not c.path.exists():
                 raise ImageRejected(f"broken symlink (points to {os.readlink(c.path)})")
             if not c.path.exists():
                 raise ImageRejected("file not found")
             if not c.path.is_file():
                 raise ImageRejected("not a regular file")
+            if modality == "text":
+                rows.append({"path": shown, "label": c.label, "split": c.split, **_inspect_text_file(c.path, params)})
+                continue
             if c.path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise ImageRejected(f"not an image file type ({c.path.suffix or 'no suffix'})")
             width, height = inspect_image(c.path, params.min_image_side, params.max_image_pixels)
             digest = sha256_file(c.path)
-        except ImageRejected as exc:
+        except (ImageRejected, TextRejected) as exc:
             rejects.append({"path": shown, "label": c.label, "reason": str(exc)})
             continue
         except OSError as exc:  # unreadable: permissions, symlink loop, I/O error
@@ -77,8 +146,20 @@ def validate(candidates: list[Candidate], params: DataParams) -> tuple[pd.DataFr
             continue
         rows.append({"path": shown, "label": c.label, "split": c.split, "sha256": digest, "width": width,
                      "height": height})
-    frame = pd.DataFrame(rows, columns=["path", "label", "split", "sha256", "width", "height"])
-    return _reject_label_conflicts(frame, rejects)
+    facts = ["chars", "encoding"] if modality == "text" else ["width", "height"]
+    frame = pd.DataFrame(rows, columns=["path", "label", "split", "sha256", *facts])
+    frame, rejects = _reject_label_conflicts(frame, rejects, "text" if modality == "text" else "image bytes")
+    return frame, rejects, inline
+
+
+def _inspect_text_file(path: Path, params: DataParams) -> dict:
+    suffix = text_suffix(path)
+    if suffix not in TEXT_SUFFIXES:
+        kind = "an image file in text data" if path.suffix.lower() in IMAGE_SUFFIXES else "not a text file type"
+        raise TextRejected(f"{kind} ({suffix}): texts are {', '.join(sorted(TEXT_SUFFIXES - {''}))} "
+                           f"or files with no extension")
+    decoded = inspect_text(path, params.max_text_bytes)
+    return {"sha256": text_sha256(decoded.text), "chars": len(decoded.text), "encoding": decoded.encoding}
 
 
 def normalize_label(label: str) -> str:
@@ -102,8 +183,9 @@ def merge_label_spellings(labels: list[str]) -> dict[str, str]:
     return renames
 
 
-def _reject_label_conflicts(frame: pd.DataFrame, rejects: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
-    """The same bytes under two labels cannot both be right: reject every copy."""
+def _reject_label_conflicts(frame: pd.DataFrame, rejects: list[dict],
+                            content: str = "image bytes") -> tuple[pd.DataFrame, list[dict]]:
+    """The same content under two labels cannot both be right: reject every copy."""
     labels_per_hash = frame.groupby("sha256")["label"].nunique()
     conflicted = set(labels_per_hash[labels_per_hash > 1].index)
     if not conflicted:
@@ -112,7 +194,7 @@ def _reject_label_conflicts(frame: pd.DataFrame, rejects: list[dict]) -> tuple[p
     for row in frame[bad].itertuples(index=False):
         others = sorted(set(frame.loc[frame["sha256"] == row.sha256, "label"]) - {row.label})
         rejects.append({"path": row.path, "label": row.label,
-                        "reason": f"label conflict: the same image bytes are also labelled {', '.join(others)}"})
+                        "reason": f"label conflict: the same {content} is also labelled {', '.join(others)}"})
     return frame[~bad].reset_index(drop=True), rejects
 
 
@@ -159,13 +241,14 @@ def _check_class_sizes(counts: Counter, labels: list[str], params: DataParams, s
     Run twice: on the file counts before anything is decoded (so an obviously
     too small class stops the run at once) and on the valid images after.
     """
-    too_few = {label: counts.get(label, 0) for label in labels if counts.get(label, 0) < params.min_images_per_class}
+    least = params.min_examples_per_class
+    too_few = {label: counts.get(label, 0) for label in labels if counts.get(label, 0) < least}
     if too_few:
         listed = ", ".join(f"{k} ({v})" for k, v in too_few.items())
         raise TransferkitError(
-            f"{source}: class(es) with fewer than data.min_images_per_class={params.min_images_per_class} "
-            f"{counted}: {listed}. Add images, remove the class (its folder or manifest rows), "
-            f"or lower data.min_images_per_class.")
+            f"{source}: class(es) with fewer than data.min_examples_per_class={least} "
+            f"{counted}: {listed}. Add examples, remove the class (its folder or manifest rows), "
+            f"or lower data.min_examples_per_class.")
     if len(labels) < 2:
         raise TransferkitError(
             f"{source}: found {len(labels)} class ({', '.join(labels)}); a classifier needs at least 2")
@@ -180,9 +263,12 @@ def _check_class_sizes(counts: Counter, labels: list[str], params: DataParams, s
 
 
 def prepare(source: str | Path, manifest_path: str | Path, report_path: str | Path,
-            params: DataParams) -> PrepareResult:
-    """Run the whole stage; write the manifest (Parquet) and the data report (JSON).
+            params: DataParams, texts_folder: str | Path | None = None) -> PrepareResult:
+    """Run the whole stage; write the manifest (Parquet), the data report (JSON) and the texts folder.
 
+    texts_folder receives the texts given inline (<sha256>.txt, UTF-8); it is
+    written (empty when there are none) whenever given, so DVC always finds
+    the output, and is required when the source has inline texts.
     Outputs are written only when the whole stage succeeds, each atomically:
     a failed run leaves the previous outputs as they were.
     """
@@ -195,7 +281,12 @@ def prepare(source: str | Path, manifest_path: str | Path, report_path: str | Pa
         raise TransferkitError(
             f"data.source: {source} is neither a folder of class sub-folders nor a .csv/.parquet manifest")
     if not candidates:
-        raise TransferkitError(f"data.source: no image files found in {source}")
+        raise TransferkitError(f"data.source: no image or text files found in {source}")
+    modality = decide_modality(candidates, params.min_examples_per_class, source)
+    if texts_folder is None and any(c.text is not None for c in candidates):
+        raise TransferkitError(f"data.source: {source} holds texts inline, which need a texts folder to be written "
+                               f"to (prepare --texts, given in dvc.yaml)")
+    noun = _noun(modality)
 
     # Labels: surrounding spaces never matter, nor the Unicode form (macOS writes
     # folder names decomposed), and case-only variants are one class.
@@ -210,17 +301,20 @@ def prepare(source: str | Path, manifest_path: str | Path, report_path: str | Pa
 
     # Cheap checks first: counting files costs nothing, decoding them all does.
     splits_given = any(c.split for c in candidates)
+    inline_source = any(c.text is not None for c in candidates)
     _check_class_sizes(Counter(c.label for c in candidates if not c.problem), labels, params, source,
-                       "image files", splits_given)
-    frame, rejects = validate(candidates, params)
-    # Identical bytes are one image: copies do not make a class big enough.
+                       noun if inline_source else f"{modality} files", splits_given)
+    frame, rejects, inline = validate(candidates, params, modality)
+    if inline:
+        frame["path"] = [display_path(Path(texts_folder) / f"{h}.txt") for h in frame["sha256"]]
+    # Identical content is one example: copies do not make a class big enough.
     distinct = Counter(frame.drop_duplicates(["label", "sha256"])["label"])
-    _check_class_sizes(distinct, labels, params, source, "distinct valid images", splits_given)
+    _check_class_sizes(distinct, labels, params, source, f"distinct valid {noun}", splits_given)
     classes = labels
 
     frame = assign_splits(frame, params.val_fraction, params.test_fraction, params.seed)
     frame["label_index"] = frame["label"].map({c: i for i, c in enumerate(classes)}).astype("int32")
-    frame = frame[MANIFEST_COLUMNS].sort_values(["split", "label", "path"]).reset_index(drop=True)
+    frame = frame[columns_for(modality)].sort_values(["split", "label", "path"]).reset_index(drop=True)
 
     per_split = {s: frame.loc[frame["split"] == s, "label"].value_counts().reindex(classes, fill_value=0)
                  .astype(int).to_dict()
@@ -233,16 +327,38 @@ def prepare(source: str | Path, manifest_path: str | Path, report_path: str | Pa
             f"or give them split=test in the manifest")
     report = {
         "source": str(source),
-        "images": int(len(frame)),
+        "modality": modality,
+        noun: int(len(frame)),
         "classes": classes,
         "per_split": per_split,
-        "unique_images": int(frame["sha256"].nunique()),
+        f"unique_{noun}": int(frame["sha256"].nunique()),
         "duplicate_files": int(len(frame) - frame["sha256"].nunique()),
         "label_merges": [{"label": old, "merged_into": new} for old, new in sorted(renames.items())],
         "rejected": rejects,
         "skipped": skipped,
     }
+    if modality == "text":
+        report["encodings"] = {k: int(v) for k, v in sorted(frame["encoding"].value_counts().items())}
+        if inline_source:
+            report["inline_texts_written"] = len(set(frame["sha256"]))
+    if texts_folder is not None:
+        _write_texts(Path(texts_folder), {h: inline[h] for h in sorted(set(frame["sha256"])) if h in inline})
     with atomic_path(manifest_path) as tmp:
         frame.to_parquet(tmp, index=False)
     write_json(report_path, report)
     return PrepareResult(report, Path(report_path))
+
+
+def _write_texts(folder: Path, texts: dict[str, str]) -> None:
+    """Replace `folder` with one holding <sha256>.txt (UTF-8) per text, swapped in whole when complete."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".tmp-{os.getpid()}-{folder.name}")
+    old = folder.with_name(f".old-{os.getpid()}-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for digest, text in texts.items():
+        (tmp / f"{digest}.txt").write_bytes(text.encode("utf-8"))
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,8 +1,8 @@
-"""Where the images come from: a folder with one sub-folder per class, or a manifest table.
+"""Where the images or texts come from: a folder with one sub-folder per class, or a manifest table.
 
-Both give `Candidate`s (a file and its label, maybe a split) for `prepare` to
-validate; entries that are passed over are returned with a reason, so the
-data report lists them instead of letting them vanish.
+Both give `Candidate`s (a file, or a text given inline, and its label, maybe a
+split) for `prepare` to validate; entries that are passed over are returned
+with a reason, so the data report lists them instead of letting them vanish.
 """
 
 from __future__ import annotations
@@ -23,6 +23,13 @@ class Candidate:
     label: str
     split: str | None = None  # given by a manifest, else assigned here
     problem: str | None = None  # known bad before decoding (a manifest row that cannot be used)
+    text: str | None = None  # a text given inline (a manifest's `text` column); path is then the manifest
+    row: int | None = None  # manifest row number (from 1, header excluded), for inline texts' report entries
+
+    @property
+    def shown(self) -> str:
+        """How the data report names it: the file, or the manifest row of an inline text."""
+        return f"{display_path(self.path)} row {self.row}" if self.text is not None else display_path(self.path)
 
 
 # Folders that archivers and file browsers leave behind; never a class.
@@ -87,20 +94,30 @@ def _cell(value, strip: bool = True) -> str:
 
 
 def read_manifest(path: Path) -> tuple[list[Candidate], list[dict]]:
-    """A CSV or Parquet table of path,label[,split]; paths are relative to the manifest's folder.
+    """A CSV or Parquet table of path,label[,split] or text,label[,split].
 
+    Paths are relative to the manifest's folder. A `text` column holds the
+    texts themselves (one document per cell; a CSV is read as UTF-8).
     Rows that cannot be used (no path, a path leaving the manifest's folder,
     an unknown split, a row repeated) become candidates with a `problem`, so
     they appear in the data report instead of vanishing. Other columns are
     ignored and listed in the returned notes.
     """
     try:
-        table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype=str)
+        # keep_default_na=False: an inline text "NA" or "null" is a text, not a missing value.
+        table = (pd.read_parquet(path) if path.suffix.lower() == ".parquet"
+                 else pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8"))
     except Exception as exc:  # pandas raises many types for unreadable tables
         raise TransferkitError(f"{path}: cannot read manifest: {exc}") from None
+    if "text" in table.columns and "path" in table.columns:
+        raise TransferkitError(f"{path}: manifest has both a path and a text column; use path,label[,split] "
+                               f"(files) or text,label[,split] (texts inline), not both")
+    if "text" in table.columns:
+        return _read_inline_texts(path, table)
     missing = {"path", "label"} - set(table.columns)
     if missing:
-        raise TransferkitError(f"{path}: manifest lacks column(s) {sorted(missing)}; need path,label[,split]")
+        raise TransferkitError(f"{path}: manifest lacks column(s) {sorted(missing)}; need path,label[,split] "
+                               f"or text,label[,split]")
     ignored = sorted(str(c) for c in set(table.columns) - {"path", "label", "split"})
     notes = [{"path": display_path(path), "reason": f"column(s) ignored: {', '.join(ignored)}"}] if ignored else []
     root = path.parent
@@ -124,5 +141,30 @@ def read_manifest(path: Path) -> tuple[list[Candidate], list[dict]]:
             candidate.problem = f"manifest row {number} repeats row {first} (same path and label)"
         else:
             seen[normal, label.casefold()] = number
+        candidates.append(candidate)
+    return candidates, notes
+
+
+def _read_inline_texts(path: Path, table: pd.DataFrame) -> tuple[list[Candidate], list[dict]]:
+    """text,label[,split]: every row is a candidate whose `text` is the cell as written (not stripped)."""
+    if "label" not in table.columns:
+        raise TransferkitError(f"{path}: manifest lacks column(s) ['label']; need text,label[,split]")
+    ignored = sorted(str(c) for c in set(table.columns) - {"text", "label", "split"})
+    notes = [{"path": display_path(path), "reason": f"column(s) ignored: {', '.join(ignored)}"}] if ignored else []
+    candidates, seen = [], {}
+    for number, row in enumerate(table.itertuples(index=False), start=1):
+        value, label = row.text, _cell(row.label)
+        split = _cell(getattr(row, "split", None)).lower() or None
+        # A cell that is not a string (a number in a Parquet column, a missing value) is kept as given and
+        # rejected by the text check with its type; an empty cell is rejected there as an empty text.
+        text = "" if value is None or (not isinstance(value, str) and pd.isna(value)) else value
+        candidate = Candidate(path, label, split, text=text, row=number)
+        if split is not None and split not in SPLITS:
+            candidate.problem = f"unknown split {split!r} (allowed: {', '.join(SPLITS)})"
+        elif isinstance(text, str) and (text, label.casefold()) in seen:
+            first = seen[text, label.casefold()]
+            candidate.problem = f"manifest row {number} repeats row {first} (same text and label)"
+        elif isinstance(text, str):
+            seen[text, label.casefold()] = number
         candidates.append(candidate)
     return candidates, notes
