@@ -178,3 +178,15 @@ def test_too_few_texts_names_the_class(tmp_path):
         path.write_bytes(b"\x00binary")
     with pytest.raises(TransferkitError, match=r"min_examples_per_class=3 distinct valid texts: spam \(2\)"):
         run_prepare(root, tmp_path)
+
+
+def test_the_committed_text_sample_prepares_without_rejects(tmp_path):
+    from conftest import REPO
+
+    report, manifest = run_prepare(REPO / "data" / "sample_text", tmp_path, **{"val_fraction": 0.15,
+                                                                                 "test_fraction": 0.2})
+    assert report["modality"] == "text" and report["classes"] == ["ham", "spam"]
+    assert report["texts"] == 300 and report["rejected"] == []
+    assert report["per_split"]["test"] == {"ham": 30, "spam": 30}
+    assert report["encodings"]["cp1252"] > 0  # legacy mail read through the fallback, not rejected
+    assert {s["reason"] for s in report["skipped"]} == {"not inside a class folder"}  # LICENSE, README.md
