@@ -210,3 +210,20 @@ def test_a_wrong_weights_file_is_rejected(tmp_path):
     save_file({"embeddings.word_embeddings.weight": np.zeros((10, 5), np.float32)}, str(path))
     with pytest.raises(BackboneError, match=r"shape \(10, 5\).*wants \(10, 4\)"):
         bert.build_encoder(config, weights_file=path)
+
+
+def test_converts_to_onnx_with_dynamic_windows_and_tokens(tiny_text_encoder, text_tokenizer, tmp_path):
+    """Export's path (Keras -> tf2onnx): every op converts (Keras' "gelu" would not: TensorFlow's Erfc) and the
+    file takes any batch, window count and window length."""
+    import onnxruntime
+
+    path = tmp_path / "encoder.onnx"
+    _embed(tiny_text_encoder, ["x"], text_tokenizer, bert.WindowSettings())  # Keras exports only a called model
+    tiny_text_encoder.export(str(path), format="onnx", verbose=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for settings, texts in ((bert.WindowSettings(max_tokens=16, overlap=4), ["short", "a longer text " * 12]),
+                            (bert.WindowSettings(max_tokens=64), ["one window only"])):
+        token_ids, padding_mask = bert.encode_texts(texts, text_tokenizer, settings)
+        (onnx_embeddings,) = session.run(None, {"token_ids": token_ids, "padding_mask": padding_mask})
+        np.testing.assert_allclose(onnx_embeddings, _embed(tiny_text_encoder, texts, text_tokenizer, settings),
+                                   atol=1e-5)

@@ -213,7 +213,9 @@ def _transformer_layer(x, attention_mask, config: BertConfig, name: str):
     x = layers.Add(name=f"{name}_attention_add")([attention, x])
     x = layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name=f"{name}_attention_layer_norm")(x)
     hidden = layers.Dense(config.intermediate, kernel_initializer=_initializer(), name=f"{name}_intermediate")(x)
-    hidden = layers.Activation("gelu", name=f"{name}_gelu")(hidden)  # exact (erf) GELU, as BERT's "gelu"
+    # BERT's exact GELU, x/2 (1 + erf(x / sqrt 2)), written out: Keras' "gelu" becomes TensorFlow's Erfc,
+    # which tf2onnx cannot convert (ONNX has Erf); the LiteRT converter fuses this form into its GELU.
+    hidden = 0.5 * hidden * (1.0 + ops.erf(hidden * (1 / math.sqrt(2.0))))
     hidden = layers.Dense(config.hidden, kernel_initializer=_initializer(), name=f"{name}_output")(hidden)
     hidden = layers.Dropout(config.dropout, name=f"{name}_output_dropout")(hidden)
     x = layers.Add(name=f"{name}_output_add")([hidden, x])
