@@ -7,6 +7,8 @@ The reference (fixtures/minilm_reference.npz) was computed once by torch + trans
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -96,6 +98,15 @@ def test_tokenizer_fingerprint_is_the_file_hash(text_tokenizer):
     path = bert.tokenizer_path()
     assert bert.tokenizer_fingerprint() == bert.tokenizer_fingerprint(path) == TOKENIZER_SHA256
     assert hashlib.sha256(path.read_bytes()).hexdigest() == TOKENIZER_SHA256
+
+
+def test_tokenizing_imports_neither_tensorflow_nor_keras():
+    """The served model (onnxruntime, no TensorFlow) and predict tokenize with this module."""
+    code = ("import sys; from transferkit.backbones import bert; "
+            "bert.encode_texts(['a text'], bert.load_tokenizer(), bert.WindowSettings()); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_window_starts_cover_short_long_and_too_long_documents():

@@ -46,7 +46,9 @@ same architecture (the test suite's tiny encoder: ``BertConfig(layers=2,
 hidden=32, heads=2, intermediate=64)``, same tokenizer).
 
 Stock Keras layers and ``keras.ops`` only (no Lambda, no custom layer): a saved
-``.keras`` file reloads with ``safe_mode=True``.
+``.keras`` file reloads with ``safe_mode=True``. Keras is imported only by the
+functions that build or inspect the model: the tokenizer and window functions
+import neither TensorFlow nor Keras (a served ONNX model tokenizes with them).
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-from keras import layers, ops
 
 from transferkit.backbones.registry import BackboneError, BackboneSpec, Modality
+
+if TYPE_CHECKING:
+    import keras
 
 MODALITY: Modality = "text"
 
@@ -200,11 +204,15 @@ def encode_texts(texts: Sequence[str], tokenizer, settings: WindowSettings) -> t
 
 
 def _initializer():
+    import keras
+
     return keras.initializers.TruncatedNormal(stddev=0.02)  # BERT's initializer_range
 
 
 def _transformer_layer(x, attention_mask, config: BertConfig, name: str):
     """Post-LayerNorm BERT layer over the token axis (2) of (batch, windows, tokens, hidden)."""
+    from keras import layers, ops
+
     head_dim = config.hidden // config.heads
     attention = layers.MultiHeadAttention(
         config.heads, head_dim, attention_axes=(2,), dropout=config.dropout,
@@ -223,11 +231,16 @@ def _transformer_layer(x, attention_mask, config: BertConfig, name: str):
 
 
 def _l2_normalize(x, axis: int = -1):
+    from keras import ops
+
     norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
     return x / ops.maximum(norm, MIN_NORM)
 
 
 def _graph(config: BertConfig, name: str) -> keras.Model:
+    import keras
+    from keras import layers, ops
+
     token_ids = keras.Input(shape=(None, None), dtype="int32", name="token_ids")
     padding_mask = keras.Input(shape=(None, None), dtype="int32", name="padding_mask")
     mask = ops.cast(padding_mask, "float32")  # (batch, windows, tokens)
@@ -346,8 +359,10 @@ def build(spec: BackboneSpec, image_size: int | None, pretrained: bool) -> keras
     return build_encoder(MINILM_L6, spec.name, weights_file)
 
 
-def blocks(model: keras.Model) -> list[tuple[str, list[layers.Layer]]]:
+def blocks(model: keras.Model) -> list[tuple[str, list[keras.layers.Layer]]]:
     """[(block name, its layers)] bottom to top: embeddings, layer0 ... layerN; the inputs are in none."""
+    from keras import layers
+
     groups: list[tuple[str, list[layers.Layer]]] = []
     for layer in model.layers:
         if isinstance(layer, layers.InputLayer):
