@@ -14,7 +14,8 @@ def main() -> None:
     from transferkit.embeddings.extract import extract
 
     stage.run_stage("extract", args, lambda params, tracker: extract(args.manifest, args.store, args.embeddings,
-                                                                 params.backbone, params.extract, params.data.seed),
+                                                                 params.backbone, params.extract, params.data.seed,
+                                                                 params.text),
                     metrics=args.metrics)
 
 

@@ -22,7 +22,8 @@ def main() -> None:
     # Another worker of a TF_CONFIG cluster than the chief trains, and writes and records nothing.
     stage.run_stage("finetune", args, lambda params, tracker: finetune(
         args.manifest, args.embeddings, args.head, args.model, args.model_info, args.history, args.checkpoints,
-        params.backbone, params.finetune, params.data.seed, tracker=tracker),
+        params.backbone, params.finetune, params.data.seed, tracker=tracker,
+        text_params=params.text),
         metrics=args.metrics, record=cluster_from_env().chief)
 
 

@@ -164,3 +164,32 @@ def text_tokenizer():
 def pytest_collection_modifyitems(items):
     """The end-to-end modules first: they take longest, and pytest-xdist hands out whole files in this order."""
     items.sort(key=lambda item: "e2e" not in item.path.parts)
+
+
+TEXT_TOPICS = {"ham": "meeting notes about the build server and the release plan",
+               "spam": "cheap pills, you won a prize, click now to claim"}
+
+
+def make_text_folder(root: Path, per_class: int = 8, seed: int = 0, long_every: int = 3) -> Path:
+    """root/<class>/mail_<seed>_<i>: distinct short e-mails, every `long_every`-th one long enough for several
+    windows of a few dozen tokens (headers first, the topic in the body)."""
+    for label, topic in TEXT_TOPICS.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            headers = "".join(f"Received: from relay{j}.example.org by mx{i} ({seed})\n" for j in range(12))
+            body = f"Subject: {label} {seed}.{i}\n{headers if i % long_every == 0 else ''}\n{topic} ({seed}.{i})\n"
+            (root / label / f"mail_{seed}_{i:03d}").write_text(body, encoding="utf-8")
+    return root
+
+
+def save_tiny_text_weights(path: Path, seed: int = 0) -> Path:
+    """The tiny text encoder's weights as a .weights.h5 file: `backbone.weights: <path>` builds the tiny
+    encoder (bert.build_for_weights_file), so a text project runs every stage in seconds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_tiny_text_encoder(seed).save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_text_weights(tmp_path_factory) -> Path:
+    return save_tiny_text_weights(tmp_path_factory.mktemp("tiny-text") / "tiny_text.weights.h5")

@@ -44,6 +44,11 @@ library (numpy), and copied layer by layer by Hugging Face name. Nothing is
 downloaded. ``build_encoder(config, name, pretrained)`` builds any size of the
 same architecture (the test suite's tiny encoder: ``BertConfig(layers=2,
 hidden=32, heads=2, intermediate=64)``, same tokenizer).
+``backbone.weights: <file>.weights.h5`` (``save_weights`` of an encoder built
+here, of any size) builds the size the file holds (``build_for_weights_file``:
+layers, width, heads, vocabulary read from its array shapes), so a smaller
+encoder of the same tokenizer runs through every stage; the test suite's tiny
+projects use the tiny encoder this way.
 
 Stock Keras layers and ``keras.ops`` only (no Lambda, no custom layer): a saved
 ``.keras`` file reloads with ``safe_mode=True``. Keras is imported only by the
@@ -357,6 +362,31 @@ def build(spec: BackboneSpec, image_size: int | None, pretrained: bool) -> keras
     `pretrained`: the packaged weights (offline), else random init."""
     weights_file = model_dir(spec.source) / "model.safetensors" if pretrained else None
     return build_encoder(MINILM_L6, spec.name, weights_file)
+
+
+def config_from_weights_file(path: Path) -> BertConfig:
+    """The BertConfig of a .weights.h5 written by save_weights on an encoder built here (any size), read from its
+    array shapes; all-MiniLM-L6-v2's when the file is not one (loading it then says what does not fit)."""
+    import h5py
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda key, obj: shapes.update({key: obj.shape}) if isinstance(obj, h5py.Dataset) else None)
+        word, positions = shapes["layers/embedding/vars/0"], shapes["layers/embedding_1/vars/0"]
+        token_types = shapes["layers/embedding_2/vars/0"]
+        query = shapes["layers/multi_head_attention/query_dense/vars/0"]  # (hidden, heads, head_dim)
+        intermediate = shapes["layers/dense/vars/0"][1]
+    except (OSError, KeyError, IndexError):
+        return MINILM_L6
+    n_layers = len({key.split("/")[1] for key in shapes if key.startswith("layers/multi_head_attention")})
+    return BertConfig(vocab_size=word[0], hidden=word[1], layers=n_layers, heads=query[1], intermediate=intermediate,
+                      max_positions=positions[0], type_vocab_size=token_types[0])
+
+
+def build_for_weights_file(spec: BackboneSpec, path: Path) -> keras.Model:
+    """The encoder of the size `path` holds (random init; backbones.build loads the file into it)."""
+    return build_encoder(config_from_weights_file(path), spec.name)
 
 
 def blocks(model: keras.Model) -> list[tuple[str, list[keras.layers.Layer]]]:

@@ -10,6 +10,9 @@ family's module (FAMILIES). Every family module in backbones/ provides:
   ``pretrained`` False is random init, deterministic after
   ``keras.utils.set_random_seed``. Text (backbones/bert.py) ignores
   ``image_size``; its tokenizer runs outside the model (see that module);
+- optionally ``build_for_weights_file(spec, path)``: the architecture of the
+  size a ``.weights.h5`` file holds (bert: a smaller encoder of the same
+  tokenizer); a family without it loads files of its one size only;
 - ``blocks(model)``: [(block name, its layers)] bottom to top, every layer after
   the input and its preprocessing in exactly one whole block (what fine-tuning
   unfreezes and gives a learning rate; see train/blocks.py).
@@ -74,7 +77,11 @@ def build_backbone(name: str, weights: str, image_size: int | None = None) -> ke
     check_pretrained_word(spec, weights)
     pretrained = weights in PRETRAINED_WORDS[spec.modality]
     weights_path = None if pretrained or weights == "none" else Path(weights)
-    model = family_of(name).build(spec, image_size if spec.modality == "image" else None, pretrained=pretrained)
+    family = family_of(name)
+    if weights_path is not None and hasattr(family, "build_for_weights_file"):
+        model = family.build_for_weights_file(spec, weights_path)  # a family of many sizes: the file's size
+    else:
+        model = family.build(spec, image_size if spec.modality == "image" else None, pretrained=pretrained)
     return _with_weights_file(model, weights_path, spec, image_size)
 
 

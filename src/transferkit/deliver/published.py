@@ -4,6 +4,11 @@ A Keras model from raw RGB pixels (0..255, float32, image_size x image_size)
 to class probabilities, with the backbone's preprocessing inside it, so no
 consumer can preprocess differently. Beside it, a JSON record (ModelInfo)
 says which classes the outputs are and what input the model takes.
+
+Text: the same, one Keras model, text encoder + head, whose two int32 inputs
+`token_ids` and `padding_mask` (N, windows, tokens) are what
+backbones/bert.encode_texts makes of raw texts with the tokenizer and the
+window settings that ModelInfo records (`text`, `tokenizer_sha256`).
 """
 
 from __future__ import annotations
@@ -15,15 +20,22 @@ from transferkit.errors import TransferkitError
 from transferkit.files import atomic_path, read_json, write_json
 
 INPUT_DESCRIPTION = "RGB pixels 0..255, float32, shape (N, image_size, image_size, 3)"
+TEXT_INPUT_DESCRIPTION = ("token_ids and padding_mask, int32, shape (N, windows, tokens): texts through the "
+                          "backbone's tokenizer.json cut into windows by `text` (backbones/bert.encode_texts)")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     classes: list[str]  # output i is the probability of classes[i]
-    image_size: int  # pixels, square
+    image_size: int | None  # pixels, square; None for text
     backbone: str
     backbone_weights_sha256: str
     input: str = INPUT_DESCRIPTION
+    modality: str = "image"  # image | text
+    # Text only: params.yaml's `text` (max_tokens, overlap, max_windows: bert.WindowSettings) and the sha256 of
+    # the tokenizer.json the token ids come from.
+    text: dict | None = None
+    tokenizer_sha256: str | None = None
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelInfo:
@@ -34,10 +46,14 @@ class ModelInfo:
             raise TransferkitError(f"{path}: not a transferkit model description ({exc})") from None
 
 
-def assemble(backbone, head, image_size: int):
-    """raw pixels -> backbone -> head."""
+def assemble(backbone, head, image_size: int | None):
+    """raw pixels -> backbone -> head; a text backbone (image_size None): token ids and padding mask in."""
     import keras
 
+    if image_size is None:
+        token_ids = keras.Input((None, None), dtype="int32", name="token_ids")
+        padding_mask = keras.Input((None, None), dtype="int32", name="padding_mask")
+        return keras.Model([token_ids, padding_mask], head(backbone([token_ids, padding_mask])), name="classifier")
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
     outputs = head(backbone(inputs))
     return keras.Model(inputs, outputs, name="classifier")

@@ -18,6 +18,15 @@
    the best on val (accuracy, then loss) among them, and the summary says
    which and why.
 
+Texts (a text backbone, backbones/bert.py): the same steps on token ids.
+Each split is read (data.texts.load_text) and tokenised into windows once
+(text.max_windows per document at most) and kept in memory; batches hold
+documents of the same number of windows, at most `finetune.batch_size`
+windows each (attention memory is per window, and a document is one to
+max_windows of them), reshuffled every epoch. No augmentation and no flip
+check (recipe.py has text's own rates). The published model takes
+token_ids and padding_mask (deliver/published.assemble).
+
 With several devices or workers (distributed.py: TF_CONFIG, or local GPUs)
 the training of step 3 runs under a tf.distribute strategy, on a twin of the
 model built in its scope; only the chief writes anything.
@@ -33,11 +42,14 @@ from pathlib import Path
 import numpy as np
 
 from transferkit import device
-from transferkit.backbones.build import build_backbone, weights_fingerprint
-from transferkit.config import BackboneParams, FinetuneParams
+from transferkit.backbones.bert import pad_windows
+from transferkit.backbones.build import build_backbone, family_of, weights_fingerprint
+from transferkit.backbones.registry import BACKBONES
+from transferkit.config import BackboneParams, FinetuneParams, TextParams
 from transferkit.data.datasets import image_dataset
 from transferkit.data.manifest import classes_of, load_manifest, split_of
-from transferkit.deliver.published import ModelInfo, assemble, save_published
+from transferkit.data.texts import load_text
+from transferkit.deliver.published import TEXT_INPUT_DESCRIPTION, ModelInfo, assemble, save_published
 from transferkit.embeddings.table import read_table
 from transferkit.errors import TransferkitError
 from transferkit.results import StageResult
@@ -117,10 +129,79 @@ def flip_scores(backbone, head, val, plain_probs: np.ndarray, image_size: int, b
     return float((plain_probs.argmax(1) == labels).mean()), float((probs.argmax(1) == labels).mean())
 
 
+@dataclass(frozen=True)
+class TextInputs:
+    """How this run turns texts into the model's inputs: the backbone's tokenizer and params.yaml's `text`."""
+    family: object  # the backbone's family module (backbones/bert.py)
+    tokenizer: object
+    settings: object  # family.WindowSettings
+    tokenizer_sha256: str
+
+    @classmethod
+    def of(cls, backbone_params: BackboneParams, text_params: TextParams | None) -> TextInputs:
+        family = family_of(backbone_params.name)
+        path = family.tokenizer_path(BACKBONES[backbone_params.name].source)
+        settings = family.WindowSettings(**(text_params or TextParams()).model_dump())
+        return cls(family, family.load_tokenizer(path), settings, family.tokenizer_fingerprint(path))
+
+    def info(self) -> dict:
+        """What model.json records: the window settings and the tokenizer."""
+        return {"text": {"max_tokens": self.settings.max_tokens, "overlap": self.settings.overlap,
+                         "max_windows": self.settings.max_windows}, "tokenizer_sha256": self.tokenizer_sha256}
+
+    def tokenise(self, paths) -> list[list[list[int]]]:
+        """Each file's windows of token ids (read once, kept in memory for every epoch)."""
+        return self.family.split_windows([load_text(p) for p in paths], self.tokenizer, self.settings)
+
+
+class WindowBatches:
+    """Batches of ((token_ids, padding_mask), one-hot labels) of documents with the same number of windows.
+
+    A batch holds at most `max_windows` windows (at least one document), so its attention memory is bounded
+    whatever the documents' lengths, and documents that share a window count pad little (a document of two or
+    more windows has full windows). With a seed, the documents within each window count and the order of the
+    batches are shuffled every epoch; the number of batches stays the same (the schedule counts on it)."""
+
+    def __init__(self, documents, labels, n_classes: int, max_windows: int, seed: int | None = None):
+        self.documents, self.labels = documents, np.asarray(labels, np.int32)
+        self.n_classes, self.seed, self.epoch = n_classes, seed, 0
+        by_count: dict[int, list[int]] = {}
+        # Without a seed, by length within a count: single-window documents of similar length pad least.
+        for i in sorted(range(len(documents)), key=lambda i: (len(documents[i]), max(map(len, documents[i])))):
+            by_count.setdefault(len(documents[i]), []).append(i)
+        self.groups = [(max(1, max_windows // count), members) for count, members in sorted(by_count.items())]
+
+    def __len__(self) -> int:
+        return sum(math.ceil(len(members) / size) for size, members in self.groups)
+
+    def batches(self) -> list[list[int]]:
+        rng = np.random.default_rng(None if self.seed is None else [self.seed, self.epoch])
+        out = []
+        for size, members in self.groups:
+            members = list(rng.permutation(members)) if self.seed is not None else members
+            out += [members[i:i + size] for i in range(0, len(members), size)]
+        if self.seed is not None:
+            out = [out[i] for i in rng.permutation(len(out))]
+        self.epoch += 1
+        return out
+
+    def __iter__(self):
+        for batch in self.batches():
+            token_ids, padding_mask = pad_windows([self.documents[i] for i in batch])
+            yield (token_ids, padding_mask), np.eye(self.n_classes, dtype=np.float32)[self.labels[batch]]
+
+    def dataset(self):
+        import tensorflow as tf
+
+        ids = tf.TensorSpec((None, None, None), tf.int32)
+        return tf.data.Dataset.from_generator(
+            lambda: iter(self), output_signature=((ids, ids), tf.TensorSpec((None, self.n_classes), tf.float32)))
+
+
 def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: str | Path,
              model_path: str | Path, info_path: str | Path, history_path: str | Path,
              checkpoint_dir: str | Path, backbone_params: BackboneParams, params: FinetuneParams, seed: int,
-             tracker=None) -> FinetuneResult:
+             tracker=None, text_params: TextParams | None = None) -> FinetuneResult:
     cluster = distributed.cluster_from_env()
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
@@ -129,6 +210,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     strategy = distributed.make_strategy(cluster, gpus=device.gpu_count())  # before any other TensorFlow op
     device.apply(plan)
     backbone, head, model = _build(backbone_params, head_path, seed)
+    text = TextInputs.of(backbone_params, text_params) if BACKBONES[backbone_params.name].modality == "text" else None
     fingerprint = weights_fingerprint(backbone)
     table = read_table(embeddings_path)
     used = table.spec["weights_sha256"]
@@ -145,11 +227,11 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     head_accuracy = float((head_probs.argmax(1) == y_val).mean()) if len(val) else None
     counts = np.bincount(train["label_index"].to_numpy(), minlength=len(classes))
     facts = Facts(per_class=float(np.median(counts)), head_val_accuracy=head_accuracy,
-                  n_blocks=len(block_groups(backbone)))
+                  n_blocks=len(block_groups(backbone)), modality="text" if text else "image")
 
     # 2. The recipe.
     def score_flip():
-        if not len(val):
+        if not len(val) or text:
             return None
         return flip_scores(backbone, head, val, head_probs, backbone_params.image_size, params.batch_size)
 
@@ -172,19 +254,20 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             "manifest": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(),
             "backbone": fingerprint, "params": params.model_dump(), "recipe": recipe.as_dict(),
             "image_size": backbone_params.image_size, "seed": seed, "policy": plan.policy,
+            **({"text": text.info()} if text else {}),
         })
         ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", params.patience,
                             writer=cluster.chief)
         if strategy is None:
             _train(model, backbone, recipe, train, val, len(classes), backbone_params.image_size, params.batch_size,
-                   seed, ckpt, tracker)
+                   seed, ckpt, tracker, text=text)
         else:
             with distributed.scope(strategy):  # a twin of the model, its variables on every device and worker
                 _, _, trained = _build(backbone_params, head_path, seed)
             print(f"finetune: worker {cluster.index} of {cluster.workers}, {strategy.num_replicas_in_sync} replicas, "
                   f"global batch {params.batch_size}", flush=True)
             _train(trained, trained.get_layer(backbone.name), recipe, train, val, len(classes),
-                   backbone_params.image_size, params.batch_size, seed, ckpt, tracker, strategy)
+                   backbone_params.image_size, params.batch_size, seed, ckpt, tracker, strategy, text=text)
             model.set_weights(trained.get_weights())
         history = ckpt.state["history"]
         best = next(h for h in history if h["epoch"] == ckpt.state["best_epoch"])
@@ -212,8 +295,13 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     if not cluster.chief:
         print(f"finetune: worker {cluster.index} done; the chief (worker 0) writes the model", flush=True)
         return result
-    info = ModelInfo(classes=classes, image_size=backbone_params.image_size, backbone=backbone_params.name,
-                     backbone_weights_sha256=fingerprint)
+    if text:
+        info = ModelInfo(classes=classes, image_size=None, backbone=backbone_params.name,
+                         backbone_weights_sha256=fingerprint, input=TEXT_INPUT_DESCRIPTION, modality="text",
+                         **text.info())
+    else:
+        info = ModelInfo(classes=classes, image_size=backbone_params.image_size, backbone=backbone_params.name,
+                         backbone_weights_sha256=fingerprint)
     save_published(model, info, model_path, info_path)
     write_history(history, history_path)
     if ckpt is not None:
@@ -222,33 +310,43 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
 
 
 def _build(backbone_params: BackboneParams, head_path: str | Path, seed: int):
-    """(backbone, trained head, the two assembled on raw pixels)."""
+    """(backbone, trained head, the two assembled on raw pixels, or on token ids for text)."""
     import keras
 
     seed_everything(seed)  # before building: weights "none" must match what extract used
     backbone = build_backbone(backbone_params.name, backbone_params.weights, backbone_params.image_size)
     head = keras.saving.load_model(head_path, safe_mode=True)
-    return backbone, head, assemble(backbone, head, backbone_params.image_size)
+    image = BACKBONES[backbone_params.name].modality == "image"
+    return backbone, head, assemble(backbone, head, backbone_params.image_size if image else None)
 
 
 def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_size: int, batch_size: int,
-           seed: int, ckpt: Checkpointer, tracker, strategy=None) -> None:
+           seed: int, ckpt: Checkpointer, tracker, strategy=None, text: TextInputs | None = None) -> None:
     """Fit `model` by the recipe, resuming from `ckpt`; leaves the best epoch's weights in `model`."""
     import keras
     import tensorflow as tf
 
-    with distributed.scope(strategy):
-        inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
-        augment = augmenter(recipe, seed)
-        trainer = keras.Model(inputs, model(augment(inputs) if augment else inputs), name="trainer")
+    if text is not None:  # token ids in, no augmentation: the model itself trains
+        trainer = model
+        train_batches = WindowBatches(text.tokenise(train["path"]), train["label_index"], n_classes, batch_size, seed)
+        train_ds = train_batches.dataset()
+        val_ds = WindowBatches(text.tokenise(val["path"]), val["label_index"], n_classes, batch_size).dataset() \
+            if len(val) else None
+        steps = len(train_batches)
+    else:
+        with distributed.scope(strategy):
+            inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
+            augment = augmenter(recipe, seed)
+            trainer = keras.Model(inputs, model(augment(inputs) if augment else inputs), name="trainer")
 
-    def as_float(images, labels):
-        return tf.cast(images, tf.float32), tf.one_hot(labels, n_classes)
+        def as_float(images, labels):
+            return tf.cast(images, tf.float32), tf.one_hot(labels, n_classes)
 
-    train_ds = image_dataset(train["path"], image_size, batch_size, train["label_index"],
-                             shuffle_seed=seed).map(as_float)
-    val_ds = image_dataset(val["path"], image_size, batch_size, val["label_index"]).map(as_float) if len(val) else None
-    steps = math.ceil(len(train) / batch_size)
+        train_ds = image_dataset(train["path"], image_size, batch_size, train["label_index"],
+                                 shuffle_seed=seed).map(as_float)
+        val_ds = image_dataset(val["path"], image_size, batch_size, val["label_index"]).map(as_float) \
+            if len(val) else None
+        steps = math.ceil(len(train) / batch_size)
     depths = depth_of_variables(backbone)
     compiled_for = None  # the trainable blocks `trainer` was last compiled for
 

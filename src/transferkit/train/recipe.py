@@ -20,6 +20,21 @@ clip 1.0, random translation and zoom of 10%, no random erasing, and the
 left-right flip only if it costs the head less than 3 points of val accuracy
 on flipped val images.
 Budgets are epochs, never wall time, so a run is the same on any machine.
+
+Text (a text backbone: whole blocks are the embeddings and each transformer
+layer, 7 for all-MiniLM-L6-v2) has its own rates, those that suit a
+pretrained transformer (peak rates far below the CNN's; BERT fine-tuning
+uses 2e-5..1e-4), and no augmentation at all: flip, translate, zoom and
+erase are image transforms, never applied to text (set or not).
+
+| text case                 | strategy | blocks      | epochs | rate | layer decay |
+|---------------------------|----------|-------------|--------|------|-------------|
+| small and similar         | head     | none        | 0      |      |             |
+| small and different       | top      | 1/3 of them | 3      | 1e-4 | 0.80        |
+| large and similar         | top      | 1/3 of them | 2      | 5e-5 | 0.90        |
+| large and different       | full     | all         | 2      | 5e-5 | 0.85        |
+
+Text's warmup, weight decay, label smoothing and clipping are the shared ones.
 """
 
 from __future__ import annotations
@@ -43,6 +58,14 @@ CASES = {
     "large_similar": ("top", 1 / 3, 4, 2e-4, 0.9),
     "large_different": ("full", 1.0, 4, 5e-4, 0.85),
 }
+# Text (rates for a pretrained transformer; its blocks are few and large, so a third is 3 of 7 layers).
+TEXT_CASES = {
+    "small_similar": ("head", 0.0, 0, 5e-5, 0.8),
+    "small_different": ("top", 1 / 3, 3, 1e-4, 0.8),
+    "large_similar": ("top", 1 / 3, 2, 5e-5, 0.9),
+    "large_different": ("full", 1.0, 2, 5e-5, 0.85),
+}
+IMAGE_AUGMENTATIONS = ("flip", "translate", "zoom", "erase")
 SHARED = {"warmup": 0.1, "weight_decay": 0.01, "label_smoothing": 0.1, "clip_norm": 1.0,
           "translate": 0.1, "zoom": 0.1, "erase": 0.0}
 
@@ -53,6 +76,7 @@ class Facts:
     per_class: float  # median labelled train images per class
     head_val_accuracy: float | None  # the trained head on the val embeddings (None: no val split)
     n_blocks: int  # whole blocks in the backbone
+    modality: str = "image"  # image | text: text has its own rates and no augmentation
 
 
 @dataclass
@@ -112,7 +136,8 @@ def resolve(params, facts: Facts, score_flip: Callable[[], tuple[float, float] |
     frozen backbone + head, or None when there is no val split; it is called
     only when the flip is left to the data."""
     case, reasons = classify(facts)
-    strategy, share, epochs, rate, decay = CASES[case]
+    text = facts.modality == "text"
+    strategy, share, epochs, rate, decay = (TEXT_CASES if text else CASES)[case]
     if params.strategy == "auto":
         reasons.append(f"auto: case {case} -> strategy {strategy}")
     else:
@@ -134,12 +159,20 @@ def resolve(params, facts: Facts, score_flip: Callable[[], tuple[float, float] |
         "layer_decay": params.layer_decay or decay,
     }
     for key, value in SHARED.items():
-        chosen[key] = getattr(params, key) if getattr(params, key) is not None else value
+        if text and key in IMAGE_AUGMENTATIONS:
+            chosen[key] = 0.0
+        else:
+            chosen[key] = getattr(params, key) if getattr(params, key) is not None else value
     recipe = Recipe(strategy=strategy, blocks=blocks, flip=False, case=case, reasons=reasons, **chosen)
     if strategy != "head":
         reasons.append(f"{strategy}: {blocks} of {facts.n_blocks} blocks trainable, {recipe.epochs} epochs, "
                        f"peak rate {recipe.learning_rate:g}, x{recipe.layer_decay:g} per block further down")
-        recipe.flip = _decide_flip(params.flip, score_flip, reasons)
+        if text:
+            ignored = [key for key in IMAGE_AUGMENTATIONS if getattr(params, key)]
+            reasons.append("no augmentation: text" + (f" (finetune.{', finetune.'.join(ignored)} set in params.yaml "
+                                                      f"are image transforms, ignored)" if ignored else ""))
+        else:
+            recipe.flip = _decide_flip(params.flip, score_flip, reasons)
     return recipe
 
 
