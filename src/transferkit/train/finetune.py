@@ -194,8 +194,9 @@ class WindowBatches:
         import tensorflow as tf
 
         ids = tf.TensorSpec((None, None, None), tf.int32)
-        return tf.data.Dataset.from_generator(
+        dataset = tf.data.Dataset.from_generator(
             lambda: iter(self), output_signature=((ids, ids), tf.TensorSpec((None, self.n_classes), tf.float32)))
+        return dataset.apply(tf.data.experimental.assert_cardinality(len(self)))  # Keras knows the steps per epoch
 
 
 def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: str | Path,
@@ -326,8 +327,10 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
     import keras
     import tensorflow as tf
 
-    if text is not None:  # token ids in, no augmentation: the model itself trains
-        trainer = model
+    if text is not None:  # token ids in, no augmentation; compile a wrapper, so the saved model has no optimizer
+        with distributed.scope(strategy):
+            inputs = [keras.Input((None, None), dtype="int32", name=name) for name in ("token_ids", "padding_mask")]
+            trainer = keras.Model(inputs, model(inputs), name="trainer")
         train_batches = WindowBatches(text.tokenise(train["path"]), train["label_index"], n_classes, batch_size, seed)
         train_ds = train_batches.dataset()
         val_ds = WindowBatches(text.tokenise(val["path"]), val["label_index"], n_classes, batch_size).dataset() \
