@@ -310,3 +310,31 @@ def test_coming_back_to_a_backbone_restores_the_later_stages_from_the_run_cache(
     assert sorted((r.info.run_name, r.data.tags.get("transferkit.restored")) for r in children) == [
         ("evaluate", "true"), ("export", "true"), ("extract", None), ("finetune", "true"), ("train_head", "true")]
     assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+
+
+def test_texts_then_images_again_compute_no_embedding_and_restore_the_image_stages(project, first_run, env):
+    """The README's text line on a tiny text folder (the tiny encoder as backbone.weights), then back to the image
+    defaults: extract re-runs and finds every image embedding in the store, the later stages come from the
+    run-cache. The tiny encoder's file is outside weights/ (an extract and finetune dep): the image stages'
+    inputs must be exactly as before."""
+    from conftest import make_text_folder, save_tiny_text_weights
+
+    make_text_folder(project / "data" / "tiny_text", per_class=8)
+    save_tiny_text_weights(project / "tiny_text.weights.h5")
+    commit_all(project, "tiny texts and a tiny text encoder", env)
+    text = sh(["dvc", "exp", "run", "-n", "texts", "-S", "data.source=data/tiny_text",
+               "-S", "backbone.name=all_minilm_l6_v2", "-S", "backbone.weights=tiny_text.weights.h5",
+               "-S", "tracking.registered_model=transferkit-text", "finetune"], project, env)
+    assert stages_run(text.stdout) == ["prepare", "extract", "train_head", "finetune"]
+    assert json.loads((project / "metrics" / "extract.json").read_text())["computed"] == 16
+    info = json.loads((project / "models" / "model.json").read_text())
+    assert info["modality"] == "text" and info["image_size"] is None and info["text"]["max_tokens"] == 256
+
+    back = sh(["dvc", "exp", "run", "-n", "images-again", "-S", "data.source=data/tiny",
+               "-S", "backbone.name=efficientnet_lite0", "-S", "backbone.weights=imagenet",
+               "-S", "tracking.registered_model=transferkit"], project, env)
+    assert stages_run(back.stdout) == ["extract"], back.stdout
+    assert json.loads((project / "metrics" / "extract.json").read_text())["computed"] == 0
+    for name in ("prepare", "train_head", "finetune", "evaluate", "export"):
+        assert f"Stage '{name}' is cached - skipping run, checking out outputs" in back.stdout, back.stdout
+    assert "modality" not in json.loads((project / "models" / "model.json").read_text())  # as before texts

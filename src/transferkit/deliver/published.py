@@ -63,7 +63,11 @@ def save_published(model, info: ModelInfo, model_path: str | Path, info_path: st
     """The model first, then its description: a description never points at a missing model."""
     with atomic_path(model_path) as tmp:
         model.save(tmp)
-    write_json(info_path, asdict(info))
+    described = asdict(info)
+    if info.modality == "image":  # an image model's record stays as it was before texts (from_json fills these in)
+        for key in ("modality", "text", "tokenizer_sha256"):
+            described.pop(key)
+    write_json(info_path, described)
 
 
 def load_published(model_path: str | Path, info_path: str | Path):
