@@ -5,7 +5,8 @@
    the flip is left to the data, the head's val accuracy on flipped val images.
 2. The recipe (recipe.py) for those facts: strategy (head, top, full,
    gradual), trainable blocks (blocks.py: whole blocks, BatchNorm frozen and
-   in inference mode), epochs, AdamW with warmup + cosine decay and a lower
+   in inference mode), epochs (enough for at least finetune.min_steps
+   optimizer steps), AdamW with warmup + cosine decay and a lower
    rate per block further down (optimizers.py), label smoothing, gradient
    clipping, augmentation. Printed with its reasons and returned, so the
    stage writes it to its metrics and MLflow.
@@ -26,7 +27,6 @@ model built in its scope; only the chief writes anything.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
@@ -59,6 +59,7 @@ class FinetuneResult(StageResult):
     head_val_accuracy: float | None  # None without a val split
     epochs_run: int
     batch_size: int
+    steps_run: int = 0  # optimizer steps run: the recipe's `steps` were planned, early stopping may end sooner
     head_val_loss: float | None = None  # with the fine-tune's label smoothing, so it compares with its val_loss
     best_epoch: int | None = None  # Keras' index of the best fine-tuned epoch, from 0
     finetune_val_accuracy: float | None = None
@@ -145,7 +146,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     head_accuracy = float((head_probs.argmax(1) == y_val).mean()) if len(val) else None
     counts = np.bincount(train["label_index"].to_numpy(), minlength=len(classes))
     facts = Facts(per_class=float(np.median(counts)), head_val_accuracy=head_accuracy,
-                  n_blocks=len(block_groups(backbone)))
+                  n_blocks=len(block_groups(backbone)), train_images=len(train))
 
     # 2. The recipe.
     def score_flip():
@@ -173,7 +174,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             "backbone": fingerprint, "params": params.model_dump(), "recipe": recipe.as_dict(),
             "image_size": backbone_params.image_size, "seed": seed, "policy": plan.policy,
         })
-        ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", params.patience,
+        ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", recipe.patience,
                             writer=cluster.chief)
         if strategy is None:
             _train(model, backbone, recipe, train, val, len(classes), backbone_params.image_size, params.batch_size,
@@ -188,7 +189,8 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             model.set_weights(trained.get_weights())
         history = ckpt.state["history"]
         best = next(h for h in history if h["epoch"] == ckpt.state["best_epoch"])
-        summary.update(epochs_run=len(history), best_epoch=ckpt.state["best_epoch"],
+        summary.update(epochs_run=len(history), steps_run=len(history) * recipe.steps_per_epoch,
+                       best_epoch=ckpt.state["best_epoch"],
                        finetune_val_accuracy=best.get("val_accuracy"), finetune_val_loss=best.get("val_loss"))
         # As Keras printed it ("Epoch 5/6"; under gradual each phase is its own fit: "Epoch 3/3"); best_epoch is from 0
         numbered = f"{best['epoch'] + 1}/{recipe.phase_end(best['epoch'])}"
@@ -248,7 +250,7 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
     train_ds = image_dataset(train["path"], image_size, batch_size, train["label_index"],
                              shuffle_seed=seed).map(as_float)
     val_ds = image_dataset(val["path"], image_size, batch_size, val["label_index"]).map(as_float) if len(val) else None
-    steps = math.ceil(len(train) / batch_size)
+    steps = recipe.steps_per_epoch
     depths = depth_of_variables(backbone)
     compiled_for = None  # the trainable blocks `trainer` was last compiled for
 
