@@ -21,6 +21,8 @@ TINY = {
     "extract": {"batch_size": 16, "runtime": "tensorflow"},
     "head": {"epochs": 8, "patience": 3},
     "finetune": {"strategy": "top", "blocks": 2, "epochs": 1, "batch_size": 16},
+    # The 40 px images get a companion under auto: a narrow one, briefly (it then competes in finetune).
+    "companion": {"epochs": 2, "width": 4, "batch_size": 16},
 }
 STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])  # in the order dvc repro runs them
 
