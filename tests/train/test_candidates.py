@@ -14,7 +14,7 @@ from conftest import colour_model
 @pytest.fixture(scope="module")
 def branches():
     keras.utils.set_random_seed(0)
-    return colour_model(image_size=32), build_companion(16, 3, width=4, dropout=0.0)
+    return colour_model(image_size=32), build_companion(16, 3, width=4, dropout=0.3)  # as trained
 
 
 def test_ensemble_reloads_with_safe_mode_and_averages_the_branches(branches, tmp_path):
@@ -50,3 +50,24 @@ def test_interval_holds_the_accuracy():
     lo, hi = interval(90, 100)
     assert lo < 0.9 < hi and hi - lo < 0.15
     assert interval(10, 10) == (1.0, 1.0)
+
+
+def test_export_passes_its_parity_gate_on_an_ensemble(branches, tmp_path):
+    """SavedModel, LiteRT and ONNX of the two-branch graph (Resizing included) match the Keras model."""
+    from transferkit.config import ExportParams
+    from transferkit.deliver.export import export
+    from transferkit.deliver.published import ModelInfo, save_published
+
+    from conftest import make_image_folder, prepare_into
+
+    transfer, companion = branches
+    manifest = prepare_into(make_image_folder(tmp_path / "images", per_class=4, size=32), tmp_path / "prepared",
+                            val_fraction=0.0, test_fraction=0.5)
+    info = ModelInfo(classes=["circle", "square", "triangle"], image_size=32, backbone="colour",
+                     backbone_weights_sha256="0" * 64, candidate="ensemble")
+    save_published(ensemble(transfer, companion, 32, 0.4), info, tmp_path / "model.keras", tmp_path / "model.json")
+    result = export(manifest, tmp_path / "model.keras", tmp_path / "model.json", tmp_path / "export",
+                    ExportParams(), "test")
+    result.check()  # raises on a parity failure
+    assert not result.failures and set(result.figures) == {"saved_model", "litert", "onnx"}
+    assert all(f["max_abs_diff"] < 1e-4 for f in result.figures.values())

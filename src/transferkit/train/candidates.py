@@ -62,6 +62,24 @@ def best_weight(transfer: np.ndarray, companion: np.ndarray, labels: np.ndarray)
     return min(WEIGHTS, key=rank)
 
 
+def inference_only(model):
+    """`model` with every Dropout replaced by an Identity and every layer non-trainable (BatchNormalization then
+    runs in inference mode), the same weights. Exported behind a Resizing layer, the companion was traced in
+    training mode: the SavedModel used batch statistics (probabilities 0.05-0.15 off the Keras model's) and
+    kept Dropout's random ops (the LiteRT conversion failed). What is published is never trained again."""
+    import keras
+
+    def replace(layer):
+        if isinstance(layer, keras.layers.Dropout):
+            return keras.layers.Identity(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    clone = keras.models.clone_model(model, clone_function=replace, recursive=True)
+    clone.set_weights(model.get_weights())
+    clone.trainable = False
+    return clone
+
+
 def at_input(companion, image_size: int):
     """The companion on the published input: raw RGB at image_size, resized (bilinear) to its own side."""
     import keras
@@ -69,7 +87,7 @@ def at_input(companion, image_size: int):
     side = companion.input_shape[1]
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
     resized = keras.layers.Resizing(side, side, interpolation="bilinear", name="to_companion_side")(inputs)
-    return keras.Model(inputs, companion(resized), name="companion_classifier")
+    return inference_only(keras.Model(inputs, companion(resized), name="companion_classifier"))
 
 
 def ensemble(transfer, companion, image_size: int, weight: float):
@@ -83,7 +101,7 @@ def ensemble(transfer, companion, image_size: int, weight: float):
         keras.layers.Rescaling(1.0 - weight, name="transfer_weight")(transfer(inputs)),
         keras.layers.Rescaling(weight, name="companion_weight")(companion(resized)),
     ])
-    return keras.Model(inputs, mixed, name="ensemble")
+    return inference_only(keras.Model(inputs, mixed, name="ensemble"))
 
 
 def widen(model, published: str, companion_path: str | Path, val, summary: dict, image_size: int,
