@@ -176,3 +176,26 @@ def test_nan_loss_stops_finetune_and_publishes_nothing(trained_head):
         run_finetune(root, "broken", FinetuneParams(strategy="top", blocks=1, epochs=2, flip=False),
                      head="head-broken.keras")
     assert not (root / "broken.keras").exists() and not (root / "broken.json").exists()
+
+
+def test_a_companion_competes_and_what_is_published_is_what_was_chosen(trained_head, capsys):
+    from transferkit.config import CompanionParams
+    from transferkit.deliver.published import load_published
+    from transferkit.train.companion import companion
+
+    root = trained_head
+    companion(root / "prepared" / "manifest.parquet", root / "companion", root / "companion.csv",
+              root / "ckpt-companion", CompanionParams(epochs=3, width=4, batch_size=8), SEED)
+    result = finetune(root / "prepared" / "manifest.parquet", root / "embeddings.npz", root / "head.keras",
+                      root / "with.keras", root / "with.json", root / "with.csv", root / "ckpt-with", BACKBONE,
+                      FinetuneParams(strategy="head"), SEED, companion_path=root / "companion")
+    out = capsys.readouterr().out
+    assert "finetune: candidates on" in out and "95% bootstrap interval" in out
+    assert set(result.candidates) == {"head", "companion", "ensemble"}
+    assert result.published in result.candidates and 0 < result.companion_weight < 1
+    model, info = load_published(root / "with.keras", root / "with.json")  # safe_mode=True
+    assert info.candidate == result.published
+    names = {layer.name for layer in model.layers}
+    assert ("weighted_average" in names) is (result.published == "ensemble")
+    assert ("to_companion_side" in names) is (result.published in ("companion", "ensemble"))
+    assert json.loads((root / "with.json").read_text())["candidate"] == result.published

@@ -24,6 +24,7 @@ class ModelInfo:
     backbone: str
     backbone_weights_sha256: str
     input: str = INPUT_DESCRIPTION
+    candidate: str | None = None  # what finetune published: head, finetuned, companion or ensemble
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelInfo:

@@ -42,7 +42,7 @@ from transferkit.embeddings.table import read_table
 from transferkit.errors import TransferkitError
 from transferkit.results import StageResult
 from transferkit.seeding import pin_threads, seed_everything
-from transferkit.train import distributed
+from transferkit.train import candidates, distributed
 from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
 from transferkit.train.checkpoints import Checkpointer, run_fingerprint
 from transferkit.train.common import nan_guard, write_history
@@ -64,11 +64,14 @@ class FinetuneResult(StageResult):
     best_epoch: int | None = None  # Keras' index of the best fine-tuned epoch, from 0
     finetune_val_accuracy: float | None = None
     finetune_val_loss: float | None = None
-    published: str  # head | finetuned
+    published: str  # head | finetuned | companion | ensemble
     published_why: str
     val_accuracy: float | None = None  # of the published model
     val_loss: float | None = None
     recipe: dict = field(default_factory=dict)
+    companion: str | None = None  # whether the companion stage trained one, and if not why
+    candidates: dict | None = None  # val figures of the transfer model chosen, the companion and the ensemble
+    companion_weight: float | None = None  # in the ensemble, chosen on val
 
     def metrics_file(self) -> dict:
         """Every field; an optional one only when it has a value."""
@@ -121,7 +124,7 @@ def flip_scores(backbone, head, val, plain_probs: np.ndarray, image_size: int, b
 def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: str | Path,
              model_path: str | Path, info_path: str | Path, history_path: str | Path,
              checkpoint_dir: str | Path, backbone_params: BackboneParams, params: FinetuneParams, seed: int,
-             tracker=None) -> FinetuneResult:
+             tracker=None, companion_path: str | Path | None = None) -> FinetuneResult:
     cluster = distributed.cluster_from_env()
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
@@ -204,9 +207,15 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             model.set_weights(initial)
             why = (f"no fine-tuned epoch beats the head on val (best: epoch {numbered}, accuracy "
                    f"{best['val_accuracy']:.4f} vs {head_accuracy:.4f}): publishing the head on the frozen backbone")
+    if companion_path is not None and cluster.chief:  # more candidates: the companion, alone and averaged
+        transfer = published
+        model, published, more, widened = candidates.widen(model, published, companion_path, val, summary,
+                                                            backbone_params.image_size, params.batch_size)
+        why = more if published != transfer else (f"{why}; {more}" if more else why)
+        summary.update(widened)
     print(f"finetune: published {published}: {why}", flush=True)
     summary.update(published=published, published_why=why)
-    if len(val):
+    if len(val) and published in ("head", "finetuned"):
         summary["val_accuracy"] = head_accuracy if published == "head" else summary["finetune_val_accuracy"]
         summary["val_loss"] = summary["head_val_loss"] if published == "head" else summary["finetune_val_loss"]
     result = FinetuneResult(**summary, recipe=recipe.as_dict())
@@ -215,7 +224,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
         print(f"finetune: worker {cluster.index} done; the chief (worker 0) writes the model", flush=True)
         return result
     info = ModelInfo(classes=classes, image_size=backbone_params.image_size, backbone=backbone_params.name,
-                     backbone_weights_sha256=fingerprint)
+                     backbone_weights_sha256=fingerprint, candidate=published)
     save_published(model, info, model_path, info_path)
     write_history(history, history_path)
     if ckpt is not None:
