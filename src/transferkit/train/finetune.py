@@ -5,7 +5,8 @@
    the flip is left to the data, the head's val accuracy on flipped val images.
 2. The recipe (recipe.py) for those facts: strategy (head, top, full,
    gradual), trainable blocks (blocks.py: whole blocks, BatchNorm frozen and
-   in inference mode), epochs, AdamW with warmup + cosine decay and a lower
+   in inference mode), epochs (enough for at least finetune.min_steps
+   optimizer steps), AdamW with warmup + cosine decay and a lower
    rate per block further down (optimizers.py), label smoothing, gradient
    clipping, augmentation. Printed with its reasons and returned, so the
    stage writes it to its metrics and MLflow.
@@ -54,7 +55,7 @@ from transferkit.embeddings.table import read_table
 from transferkit.errors import TransferkitError
 from transferkit.results import StageResult
 from transferkit.seeding import pin_threads, seed_everything
-from transferkit.train import distributed
+from transferkit.train import candidates, distributed
 from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
 from transferkit.train.checkpoints import Checkpointer, run_fingerprint
 from transferkit.train.common import nan_guard, write_history
@@ -71,15 +72,19 @@ class FinetuneResult(StageResult):
     head_val_accuracy: float | None  # None without a val split
     epochs_run: int
     batch_size: int
+    steps_run: int = 0  # optimizer steps run: the recipe's `steps` were planned, early stopping may end sooner
     head_val_loss: float | None = None  # with the fine-tune's label smoothing, so it compares with its val_loss
     best_epoch: int | None = None  # Keras' index of the best fine-tuned epoch, from 0
     finetune_val_accuracy: float | None = None
     finetune_val_loss: float | None = None
-    published: str  # head | finetuned
+    published: str  # head | finetuned | companion | ensemble
     published_why: str
     val_accuracy: float | None = None  # of the published model
     val_loss: float | None = None
     recipe: dict = field(default_factory=dict)
+    companion: str | None = None  # whether the companion stage trained one, and if not why
+    candidates: dict | None = None  # val figures of the transfer model chosen, the companion and the ensemble
+    companion_weight: float | None = None  # in the ensemble, chosen on val
 
     def metrics_file(self) -> dict:
         """Every field; an optional one only when it has a value."""
@@ -136,6 +141,7 @@ class TextInputs:
     tokenizer: object
     settings: object  # family.WindowSettings
     tokenizer_sha256: str
+    tokenised: dict = field(default_factory=dict, compare=False)  # paths -> their windows: read and tokenised once
 
     @classmethod
     def of(cls, backbone_params: BackboneParams, text_params: TextParams | None) -> TextInputs:
@@ -151,7 +157,11 @@ class TextInputs:
 
     def tokenise(self, paths) -> list[list[list[int]]]:
         """Each file's windows of token ids (read once, kept in memory for every epoch)."""
-        return self.family.split_windows([load_text(p) for p in paths], self.tokenizer, self.settings)
+        key = tuple(paths)
+        if key not in self.tokenised:
+            self.tokenised[key] = self.family.split_windows([load_text(p) for p in key], self.tokenizer,
+                                                            self.settings)
+        return self.tokenised[key]
 
 
 class WindowBatches:
@@ -202,7 +212,8 @@ class WindowBatches:
 def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: str | Path,
              model_path: str | Path, info_path: str | Path, history_path: str | Path,
              checkpoint_dir: str | Path, backbone_params: BackboneParams, params: FinetuneParams, seed: int,
-             tracker=None, text_params: TextParams | None = None) -> FinetuneResult:
+             tracker=None, companion_path: str | Path | None = None,
+             text_params: TextParams | None = None) -> FinetuneResult:
     cluster = distributed.cluster_from_env()
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
@@ -228,7 +239,10 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     head_accuracy = float((head_probs.argmax(1) == y_val).mean()) if len(val) else None
     counts = np.bincount(train["label_index"].to_numpy(), minlength=len(classes))
     facts = Facts(per_class=float(np.median(counts)), head_val_accuracy=head_accuracy,
-                  n_blocks=len(block_groups(backbone)), modality="text" if text else "image")
+                  n_blocks=len(block_groups(backbone)), train_images=len(train), modality="text" if text else "image",
+                  # text: batches of at most batch_size windows, so an epoch's steps are counted on the documents
+                  steps_per_epoch=len(WindowBatches(text.tokenise(train["path"]), train["label_index"], len(classes),
+                                                    params.batch_size)) if text else None)
 
     # 2. The recipe.
     def score_flip():
@@ -257,7 +271,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             "image_size": backbone_params.image_size, "seed": seed, "policy": plan.policy,
             **({"text": text.info()} if text else {}),
         })
-        ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", params.patience,
+        ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", recipe.patience,
                             writer=cluster.chief)
         if strategy is None:
             _train(model, backbone, recipe, train, val, len(classes), backbone_params.image_size, params.batch_size,
@@ -272,7 +286,8 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             model.set_weights(trained.get_weights())
         history = ckpt.state["history"]
         best = next(h for h in history if h["epoch"] == ckpt.state["best_epoch"])
-        summary.update(epochs_run=len(history), best_epoch=ckpt.state["best_epoch"],
+        summary.update(epochs_run=len(history), steps_run=len(history) * recipe.steps_per_epoch,
+                       best_epoch=ckpt.state["best_epoch"],
                        finetune_val_accuracy=best.get("val_accuracy"), finetune_val_loss=best.get("val_loss"))
         # As Keras printed it ("Epoch 5/6"; under gradual each phase is its own fit: "Epoch 3/3"); best_epoch is from 0
         numbered = f"{best['epoch'] + 1}/{recipe.phase_end(best['epoch'])}"
@@ -286,9 +301,15 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             model.set_weights(initial)
             why = (f"no fine-tuned epoch beats the head on val (best: epoch {numbered}, accuracy "
                    f"{best['val_accuracy']:.4f} vs {head_accuracy:.4f}): publishing the head on the frozen backbone")
+    if companion_path is not None and cluster.chief:  # more candidates: the companion, alone and averaged
+        transfer = published
+        model, published, more, widened = candidates.widen(model, published, companion_path, val, summary,
+                                                            backbone_params.image_size, params.batch_size)
+        why = more if published != transfer else (f"{why}; {more}" if more else why)
+        summary.update(widened)
     print(f"finetune: published {published}: {why}", flush=True)
     summary.update(published=published, published_why=why)
-    if len(val):
+    if len(val) and published in ("head", "finetuned"):
         summary["val_accuracy"] = head_accuracy if published == "head" else summary["finetune_val_accuracy"]
         summary["val_loss"] = summary["head_val_loss"] if published == "head" else summary["finetune_val_loss"]
     result = FinetuneResult(**summary, recipe=recipe.as_dict())
@@ -298,11 +319,11 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
         return result
     if text:
         info = ModelInfo(classes=classes, image_size=None, backbone=backbone_params.name,
-                         backbone_weights_sha256=fingerprint, input=TEXT_INPUT_DESCRIPTION, modality="text",
-                         **text.info())
+                         backbone_weights_sha256=fingerprint, candidate=published, input=TEXT_INPUT_DESCRIPTION,
+                         modality="text", **text.info())
     else:
         info = ModelInfo(classes=classes, image_size=backbone_params.image_size, backbone=backbone_params.name,
-                         backbone_weights_sha256=fingerprint)
+                         backbone_weights_sha256=fingerprint, candidate=published)
     save_published(model, info, model_path, info_path)
     write_history(history, history_path)
     if ckpt is not None:
@@ -335,7 +356,6 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
         train_ds = train_batches.dataset()
         val_ds = WindowBatches(text.tokenise(val["path"]), val["label_index"], n_classes, batch_size).dataset() \
             if len(val) else None
-        steps = len(train_batches)
     else:
         with distributed.scope(strategy):
             inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
@@ -349,7 +369,7 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
                                  shuffle_seed=seed).map(as_float)
         val_ds = image_dataset(val["path"], image_size, batch_size, val["label_index"]).map(as_float) \
             if len(val) else None
-        steps = math.ceil(len(train) / batch_size)
+    steps = recipe.steps_per_epoch
     depths = depth_of_variables(backbone)
     compiled_for = None  # the trainable blocks `trainer` was last compiled for
 
