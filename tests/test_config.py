@@ -103,3 +103,24 @@ def test_stage_params_select_what_each_stage_reads():
     selected = stage_params(params, "train_head")
     assert selected == {"head": params.head.model_dump(), "data": {"seed": 3}}
     assert stage_params(params, "prepare") == {"data": params.data.model_dump()}
+
+
+def test_the_readme_text_line_sets_valid_params():
+    """The README's text-sample line: every -S it sets is a valid key and value, text backbone and weights agree."""
+    import shlex
+
+    import yaml
+
+
+    line = next(line for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+                if line.startswith(".venv/bin/dvc exp run -S data.source=data/sample_text"))
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    words = shlex.split(line)
+    for flag, setting in zip(words, words[1:], strict=False):
+        if flag == "-S":
+            key, value = setting.split("=", 1)
+            section, name = key.split(".")
+            raw[section][name] = yaml.safe_load(value)
+    params = parse_params(raw)
+    assert (params.data.source, params.backbone.name) == ("data/sample_text", "all_minilm_l6_v2")
+    assert params.tracking.registered_model != "transferkit"  # the image model's "latest" is not overwritten
