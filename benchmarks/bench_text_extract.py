@@ -42,6 +42,9 @@ def main() -> None:
     from transferkit.data.prepare import prepare
     from transferkit.data.texts import load_text
     from transferkit.embeddings.extract import extract, text_batches, text_runner
+    from transferkit.seeding import pin_threads
+
+    pin_threads()  # the stages' TensorFlow thread count, before the bare side runs anything
 
     params = load_params(common.REPO / "params.yaml")
     text = params.text if not args.max_windows else params.text.model_copy(update={"max_windows": args.max_windows})
