@@ -164,3 +164,19 @@ def text_tokenizer():
 def pytest_collection_modifyitems(items):
     """The end-to-end modules first: they take longest, and pytest-xdist hands out whole files in this order."""
     items.sort(key=lambda item: "e2e" not in item.path.parts)
+
+
+@pytest.fixture(scope="session")
+def text_exported(tmp_path_factory):
+    """A tiny text project (tests/text_models.py) exported once per test process, for the text export and
+    serving tests: (root, manifest, model.keras, model.json, ExportResult), the parity gate run."""
+    from transferkit.config import ExportParams
+    from transferkit.deliver.export import export
+
+    from text_models import text_project
+
+    root = tmp_path_factory.mktemp("text-export")
+    manifest, model_path, info_path = text_project(root)
+    result = export(manifest, model_path, info_path, root / "export", ExportParams(batch_size=4),
+                    registered_model="transferkit-text")
+    return root, manifest, model_path, info_path, result
