@@ -246,7 +246,7 @@ class ExportResult(StageResult):
             artifacts[serving.TOKENIZER_ARTIFACT] = str(self.folder / TOKENIZER_FILE)
         uri = tracker.log_model(serving.model_file(), artifacts, [serving.code_path()],
                                 serving.model_signature(self.info), serving.input_example(self.example, self.info),
-                                serving.pip_requirements(self.info), self.registered_model)
+                                serving.pip_requirements(self.info), self.registered_model, self.info.modality)
         return [f"parity gate passed; served model logged as {uri} and registered as '{self.registered_model}'"]
 
 
