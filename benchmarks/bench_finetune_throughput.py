@@ -100,7 +100,7 @@ def main() -> None:
         backbone, model = make_model()
         n_blocks = len(block_groups(backbone))
         recipe = resolve(FinetuneParams(strategy="full", epochs=1, flip=augment, translate=0.1 if augment else 0.0,
-                                        zoom=0.1 if augment else 0.0), Facts(100, 0.5, n_blocks), lambda: None)
+                                        zoom=0.1 if augment else 0.0), Facts(100, 0.5, n_blocks, 300), lambda: None)
         set_trainable_blocks(backbone, n_blocks)
         trainer = with_augmentation(model) if augment else model
         compile_finetune(trainer, make_optimizer(recipe, 1000, depth_of_variables(backbone)), recipe.label_smoothing)

@@ -10,6 +10,7 @@ def main() -> None:
     parser.add_argument("--head", required=True)
     parser.add_argument("--model", required=True, help="output .keras file (pixels -> probabilities)")
     parser.add_argument("--model-info", required=True, help="output JSON describing the model (classes, input)")
+    parser.add_argument("--companion", help="the companion stage's folder: a candidate when it holds a model")
     parser.add_argument("--history", required=True)
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--checkpoints", required=True,
@@ -22,7 +23,7 @@ def main() -> None:
     # Another worker of a TF_CONFIG cluster than the chief trains, and writes and records nothing.
     stage.run_stage("finetune", args, lambda params, tracker: finetune(
         args.manifest, args.embeddings, args.head, args.model, args.model_info, args.history, args.checkpoints,
-        params.backbone, params.finetune, params.data.seed, tracker=tracker),
+        params.backbone, params.finetune, params.data.seed, tracker=tracker, companion_path=args.companion),
         metrics=args.metrics, record=cluster_from_env().chief)
 
 

@@ -33,6 +33,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "prepare": ("data",),
     "extract": ("backbone", "extract", "text", "data.seed"),
     "train_head": ("head", "data.seed"),
+    "companion": ("companion", "data.seed"),
     "finetune": ("backbone", "finetune", "text", "data.seed"),
     "evaluate": ("evaluate", "data.seed"),
     "export": ("export",),
@@ -163,8 +164,27 @@ class FinetuneParams(Section):
     zoom: float | None = Field(None, ge=0.0, lt=1.0, description="random zoom, fraction of the side")
     erase: float | None = Field(None, ge=0.0, le=1.0,
                                 description="random erasing: share of training images with a noise patch")
+    min_steps: int = Field(800, ge=0, description="optimizer steps the fine-tune gets at least (epochs raised to "
+                                                  "reach them; a floor, never a cap; 0: the case table's epochs)")
     batch_size: int = Field(32, ge=1)
-    patience: int = Field(3, ge=1, description="epochs without val improvement before stopping")
+    patience: int | None = Field(None, ge=1, description="epochs without val improvement before stopping; "
+                                                          "null: half the planned epochs, at least 3")
+
+
+class CompanionParams(Section):
+    """A small CNN trained from scratch at the images' native size (train/companion.py)."""
+    strategy: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: only when the images' median native side <= max_side; on; off")
+    max_side: int = Field(64, ge=16, le=256, description="pixels: auto's bar, and the cap of the network's input side")
+    width: int = Field(32, ge=4, le=256, description="filters of the first conv stage (then 2x and 4x)")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    epochs: int = Field(60, ge=1, description="a cap: early stopping on val keeps the best epoch")
+    patience: int = Field(10, ge=1, description="epochs without val improvement before stopping")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW peak rate, cosine decay to 0 over epochs")
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    batch_size: int = Field(64, ge=1)
+    translate: float = Field(0.1, ge=0.0, lt=1.0, description="random shift, fraction of the side")
+    zoom: float = Field(0.1, ge=0.0, lt=1.0, description="random zoom, fraction of the side")
 
 
 class EvaluateParams(Section):
@@ -203,6 +223,7 @@ class Params(Section):
     text: TextParams = TextParams()
     head: HeadParams = HeadParams()
     finetune: FinetuneParams = FinetuneParams()
+    companion: CompanionParams = CompanionParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     tracking: TrackingParams = TrackingParams()

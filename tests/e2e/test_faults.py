@@ -45,7 +45,7 @@ def workspace(tmp_path_factory) -> Path:
         "backbone": {"image_size": 32},
         "extract": {"batch_size": BATCH, "shard_size": SHARD, "runtime": "tensorflow"},  # as tiny_project.TINY
         "head": {"epochs": 5},
-        "finetune": {"strategy": "top", "blocks": 2, "epochs": 4, "patience": 10, "batch_size": 8},
+        "finetune": {"strategy": "top", "blocks": 2, "epochs": 4, "patience": 10, "batch_size": 8, "min_steps": 0},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     stage(root, "prepare", *PREPARE_ARGS)

@@ -20,7 +20,10 @@ TINY = {
     # here); tests/test_extract.py runs the LiteRT path.
     "extract": {"batch_size": 16, "runtime": "tensorflow"},
     "head": {"epochs": 8, "patience": 3},
-    "finetune": {"strategy": "top", "blocks": 2, "epochs": 1, "batch_size": 16},
+    # min_steps 0: the step floor would give a 30-image set hundreds of epochs (the explicit epochs win anyway)
+    "finetune": {"strategy": "top", "blocks": 2, "epochs": 1, "batch_size": 16, "min_steps": 0},
+    # The 40 px images get a companion under auto: a narrow one, briefly (it then competes in finetune).
+    "companion": {"epochs": 2, "width": 4, "batch_size": 16},
 }
 STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])  # in the order dvc repro runs them
 

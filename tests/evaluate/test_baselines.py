@@ -137,13 +137,13 @@ def test_the_cap_bounds_the_images_fitted(tmp_path):
 
 
 def test_knn_on_the_embeddings_is_a_candidate_when_they_are_given(tmp_path):
-    from transferkit.embeddings.table import write_table
+    from transferkit.embeddings.table import read_table, write_table
 
     manifest = pd.read_parquet(prepare_into(make_image_folder(tmp_path / "images", per_class=8),
                                             tmp_path / "prepared", val_fraction=0.25, test_fraction=0.25))
     write_table(tmp_path / "embeddings.npz", manifest["sha256"].tolist(),
                 np.eye(3, dtype=np.float32)[manifest["label_index"].to_numpy()], {"key": "k"})
-    result = fit_baseline(manifest, tmp_path / "embeddings.npz", max_train=1000, seed=0)
+    result = fit_baseline(manifest, read_table(tmp_path / "embeddings.npz"), max_train=1000, seed=0)
     assert {"knn1_embeddings", "knn5_embeddings"} <= set(result.val_scores)
     assert result.val_scores["knn1_embeddings"] == 1.0
     assert list(result.val_scores) == [c.name for c in candidate_list(colour=True, embeddings=True, train_images=12)]

@@ -68,7 +68,7 @@ def test_quality_gate_is_off_by_default_and_fails_below_min_accuracy():
         quality_gate(summary, 0.8)
 
 
-def test_head_only_model_and_tta_are_scored_beside_the_published_model(image_folder, tmp_path):
+def test_head_only_model_and_tta_are_scored_beside_the_published_model(image_folder, tmp_path, monkeypatch):
     import keras
     import numpy as np
 
@@ -83,11 +83,16 @@ def test_head_only_model_and_tta_are_scored_beside_the_published_model(image_fol
     head = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="out")(inputs))
     head.get_layer("out").set_weights([np.eye(3, dtype=np.float32) * 20, np.zeros(3, np.float32)])
     head.save(tmp_path / "head.keras")
-    report = evaluate(manifest, *save_colour_model(tmp_path), outputs_in(tmp_path / "out"), {},
+    reads = []  # the embedding table is read once, for the head-only model and the kNN baseline both
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda path, *a, **k: reads.append(str(path)) or real_load(path, *a, **k))
+    result = evaluate(manifest, *save_colour_model(tmp_path), outputs_in(tmp_path / "out"), {},
                       EvaluateParams(batch_size=4, tta=True), seed=0, head_path=tmp_path / "head.keras",
-                      embeddings_path=tmp_path / "embeddings.npz").summary
+                      embeddings_path=tmp_path / "embeddings.npz")
+    report = result.summary
     assert report["tta"] is True and report["accuracy"] == report["accuracy_without_tta"] == 1.0  # colour: flip-proof
     assert report["head_only_accuracy"] == 1.0 and report["finetune_gain"] == 0.0
+    assert reads.count(str(tmp_path / "embeddings.npz")) == 1 and "knn1_embeddings" in result.baseline.val_scores
 
 
 def save_first_class_model(folder):

@@ -74,6 +74,8 @@ def test_gradual_unfreezes_whole_blocks_from_the_top_and_never_moves_batchnorm(t
     result = run_finetune(root, "gradual", FinetuneParams(strategy="gradual", blocks=2, epochs=2, learning_rate=1e-3,
                                                           flip=False, patience=5), tracker=recorder)
     assert result.strategy == "gradual" and result.epochs_run == 2
+    steps = result.recipe["steps_per_epoch"]  # the budget line and the steps run follow the train images
+    assert result.steps_run == 2 * steps and result.recipe["budget"].startswith(f"2 epochs x {steps} steps")
     bn = {name for name in fresh if name.endswith("_bn")}
     first, second = changed_layers(fresh, recorder.epochs[0]), changed_layers(fresh, recorder.epochs[1])
     assert not (first | second) & bn, "a BatchNorm weight or moving statistic changed"
@@ -87,13 +89,13 @@ def test_gradual_unfreezes_whole_blocks_from_the_top_and_never_moves_batchnorm(t
 
 def test_random_erasing_patches_every_training_image_and_leaves_inference_alone():
     recipe = resolve(FinetuneParams(strategy="full", flip=False, translate=0.0, zoom=0.0, erase=1.0),
-                     Facts(100, 0.5, 18), lambda: None)
+                     Facts(100, 0.5, 18, 300), lambda: None)
     images = np.full((16, 32, 32, 3), 100.0, np.float32)
     erased = np.asarray(augmenter(recipe, SEED)(images, training=True))
     share = (erased != 100.0).mean(axis=(1, 2, 3))
     assert (share > 0.01).all() and (share < 0.5).all()  # a patch of 2-33% of the area in every image
     assert np.array_equal(np.asarray(augmenter(recipe, SEED)(images, training=False)), images)
-    default = resolve(FinetuneParams(strategy="full", flip=False), Facts(100, 0.5, 18), lambda: None)
+    default = resolve(FinetuneParams(strategy="full", flip=False), Facts(100, 0.5, 18, 300), lambda: None)
     assert default.erase == 0.0 and augmenter(default, SEED).layers[-1].name != "random_erasing"
 
 
@@ -174,3 +176,26 @@ def test_nan_loss_stops_finetune_and_publishes_nothing(trained_head):
         run_finetune(root, "broken", FinetuneParams(strategy="top", blocks=1, epochs=2, flip=False),
                      head="head-broken.keras")
     assert not (root / "broken.keras").exists() and not (root / "broken.json").exists()
+
+
+def test_a_companion_competes_and_what_is_published_is_what_was_chosen(trained_head, capsys):
+    from transferkit.config import CompanionParams
+    from transferkit.deliver.published import load_published
+    from transferkit.train.companion import companion
+
+    root = trained_head
+    companion(root / "prepared" / "manifest.parquet", root / "companion", root / "companion.csv",
+              root / "ckpt-companion", CompanionParams(epochs=3, width=4, batch_size=8), SEED)
+    result = finetune(root / "prepared" / "manifest.parquet", root / "embeddings.npz", root / "head.keras",
+                      root / "with.keras", root / "with.json", root / "with.csv", root / "ckpt-with", BACKBONE,
+                      FinetuneParams(strategy="head"), SEED, companion_path=root / "companion")
+    out = capsys.readouterr().out
+    assert "finetune: candidates on" in out and "95% bootstrap interval" in out
+    assert set(result.candidates) == {"head", "companion", "ensemble"}
+    assert result.published in result.candidates and 0 < result.companion_weight < 1
+    model, info = load_published(root / "with.keras", root / "with.json")  # safe_mode=True
+    assert info.candidate == result.published
+    names = {layer.name for layer in model.layers}
+    assert ("weighted_average" in names) is (result.published == "ensemble")
+    assert ("to_companion_side" in names) is (result.published in ("companion", "ensemble"))
+    assert json.loads((root / "with.json").read_text())["candidate"] == result.published

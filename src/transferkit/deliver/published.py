@@ -32,6 +32,7 @@ class ModelInfo:
     backbone: str
     backbone_weights_sha256: str
     input: str = INPUT_DESCRIPTION
+    candidate: str | None = None  # what finetune published: head, finetuned, companion or ensemble
     modality: str = "image"  # image | text (data/manifest.MODALITIES)
     # text only: how documents are cut into windows, {max_tokens, overlap, max_windows} (bert.WindowSettings)
     text: dict | None = None

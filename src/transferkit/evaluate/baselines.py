@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,7 +34,7 @@ from threadpoolctl import threadpool_limits
 from transferkit.data.datasets import decoded_batches
 from transferkit.data.manifest import split_of
 from transferkit.data.texts import load_text
-from transferkit.embeddings.table import read_table
+from transferkit.embeddings.table import EmbeddingTable
 
 PIXEL_SIZES = (8, 16)  # pixels, square: the sides the raw-pixel candidates see
 SVM_C = (1.0, 10.0)  # the RBF SVM's C, chosen on val
@@ -168,7 +167,7 @@ def decode(paths: list[str], size: int) -> np.ndarray:
     return np.concatenate(list(decoded_batches(paths, size, DECODE_BATCH)))
 
 
-def split_items(frames: dict[str, pd.DataFrame], embeddings_path: str | Path | None,
+def split_items(frames: dict[str, pd.DataFrame], embeddings: EmbeddingTable | None,
                 modality: str = "image") -> tuple[dict[str, Items], bool]:
     """Each split's Items (every feature set), and whether the train images have colour (False for text)."""
     rows = pd.concat(frames.values())
@@ -182,8 +181,8 @@ def split_items(frames: dict[str, pd.DataFrame], embeddings_path: str | Path | N
         if colour:
             features.update({f"colour_{size}px": pixel_features(images, colour=True)
                              for size, images in pixels.items()})
-    if embeddings_path is not None:
-        features["embeddings"] = read_table(embeddings_path).rows(rows["sha256"].tolist())
+    if embeddings is not None:
+        features["embeddings"] = embeddings.rows(rows["sha256"].tolist())
     labels = rows["label_index"].to_numpy()
     bounds = np.cumsum([0, *(len(frame) for frame in frames.values())])
     return {name: Items({k: v[lo:hi] for k, v in features.items()}, labels[lo:hi])
@@ -208,11 +207,13 @@ def best_on_val(scores: dict[str, float]) -> str:
     return max(scores, key=scores.__getitem__)
 
 
-def fit_baseline(manifest: pd.DataFrame, embeddings_path: str | Path | None, max_train: int,
+def fit_baseline(manifest: pd.DataFrame, embeddings: EmbeddingTable | None, max_train: int,
                  seed: int, modality: str = "image") -> BaselineResult | None:
     """Fit the candidates on train, choose on val, refit on train + val, score on test.
 
+    `embeddings`: the table evaluate has already read (kNN candidates join when given).
     modality: the manifest's, "image" or "text" (which candidates apply).
+
     None when the manifest has no val images to choose on (data.val_fraction 0)."""
     start = time.perf_counter()
     if split_of(manifest, "val").empty:
@@ -220,9 +221,9 @@ def fit_baseline(manifest: pd.DataFrame, embeddings_path: str | Path | None, max
     frames = {"train": capped(split_of(manifest, "train"), max_train, seed),
               "val": capped(split_of(manifest, "val"), max_train, seed),
               "test": split_of(manifest, "test")}
-    items, colour = split_items(frames, embeddings_path, modality)
+    items, colour = split_items(frames, embeddings, modality)
     train, val, test = items["train"], items["val"], items["test"]
-    candidates = candidate_list(colour, embeddings_path is not None, len(train), modality)
+    candidates = candidate_list(colour, embeddings is not None, len(train), modality)
     # One BLAS thread: these matrices are small, and OpenBLAS's threads spinning against TensorFlow's (or
     # any other load on the cores) made a logistic regression on 520 images 100x slower (6 s, not 0.06 s)
     # on 2 busy cores. A fixed count also keeps the float sums, and so the fits, the same on any machine.

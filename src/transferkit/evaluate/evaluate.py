@@ -42,7 +42,7 @@ from transferkit.data.manifest import load_manifest, split_of
 from transferkit.data.texts import load_text
 from transferkit.deliver.inference import predict_files
 from transferkit.deliver.published import load_published
-from transferkit.embeddings.table import read_table
+from transferkit.embeddings.table import EmbeddingTable, read_table
 from transferkit.errors import TransferkitError
 from transferkit.evaluate.baselines import BaselineResult, fit_baseline
 from transferkit.evaluate.metrics import classification_report
@@ -137,12 +137,12 @@ def baseline_lines(baseline: BaselineResult, accuracy: float, modality: str = "i
     return [verdict, cost]
 
 
-def head_only_probs(head_path: str | Path, embeddings_path: str | Path, hashes: list[str]) -> np.ndarray:
+def head_only_probs(head_path: str | Path, embeddings: EmbeddingTable, hashes: list[str]) -> np.ndarray:
     """The frozen backbone + head on these images: the head on their embeddings."""
     import keras
 
     head = keras.saving.load_model(head_path, safe_mode=True)
-    return head.predict(read_table(embeddings_path).rows(hashes), verbose=0).astype(np.float64)
+    return head.predict(embeddings.rows(hashes), verbose=0).astype(np.float64)
 
 
 def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str | Path, outputs: EvaluateOutputs,
@@ -168,12 +168,13 @@ def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str |
     plain_accuracy = float((predictions.plain.argmax(axis=1) == y_true).mean())
     if tta:
         report.summary["accuracy_without_tta"] = plain_accuracy
-    if head_path is not None and embeddings_path is not None:
-        head = classification_report(head_only_probs(head_path, embeddings_path, test["sha256"].tolist()),
+    embeddings = read_table(embeddings_path) if embeddings_path is not None else None  # one read, two users
+    if head_path is not None and embeddings is not None:
+        head = classification_report(head_only_probs(head_path, embeddings, test["sha256"].tolist()),
                                      y_true, classes, params.calibration_bins).summary
         report.summary.update(head_only_accuracy=head["accuracy"], head_only_macro_f1=head["macro_f1"],
                               finetune_gain=plain_accuracy - head["accuracy"])
-    baseline = (fit_baseline(manifest, embeddings_path, params.baseline_max_train, seed, info.modality)
+    baseline = (fit_baseline(manifest, embeddings, params.baseline_max_train, seed, info.modality)
                 if params.baseline else None)
     if baseline is not None:
         report.summary.update(baseline=baseline.name, baseline_accuracy=baseline.test_accuracy,

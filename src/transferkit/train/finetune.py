@@ -5,7 +5,8 @@
    the flip is left to the data, the head's val accuracy on flipped val images.
 2. The recipe (recipe.py) for those facts: strategy (head, top, full,
    gradual), trainable blocks (blocks.py: whole blocks, BatchNorm frozen and
-   in inference mode), epochs, AdamW with warmup + cosine decay and a lower
+   in inference mode), epochs (enough for at least finetune.min_steps
+   optimizer steps), AdamW with warmup + cosine decay and a lower
    rate per block further down (optimizers.py), label smoothing, gradient
    clipping, augmentation. Printed with its reasons and returned, so the
    stage writes it to its metrics and MLflow.
@@ -26,7 +27,6 @@ model built in its scope; only the chief writes anything.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from transferkit.embeddings.table import read_table
 from transferkit.errors import TransferkitError
 from transferkit.results import StageResult
 from transferkit.seeding import pin_threads, seed_everything
-from transferkit.train import distributed
+from transferkit.train import candidates, distributed
 from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
 from transferkit.train.checkpoints import Checkpointer, run_fingerprint
 from transferkit.train.common import nan_guard, write_history
@@ -59,15 +59,19 @@ class FinetuneResult(StageResult):
     head_val_accuracy: float | None  # None without a val split
     epochs_run: int
     batch_size: int
+    steps_run: int = 0  # optimizer steps run: the recipe's `steps` were planned, early stopping may end sooner
     head_val_loss: float | None = None  # with the fine-tune's label smoothing, so it compares with its val_loss
     best_epoch: int | None = None  # Keras' index of the best fine-tuned epoch, from 0
     finetune_val_accuracy: float | None = None
     finetune_val_loss: float | None = None
-    published: str  # head | finetuned
+    published: str  # head | finetuned | companion | ensemble
     published_why: str
     val_accuracy: float | None = None  # of the published model
     val_loss: float | None = None
     recipe: dict = field(default_factory=dict)
+    companion: str | None = None  # whether the companion stage trained one, and if not why
+    candidates: dict | None = None  # val figures of the transfer model chosen, the companion and the ensemble
+    companion_weight: float | None = None  # in the ensemble, chosen on val
 
     def metrics_file(self) -> dict:
         """Every field; an optional one only when it has a value."""
@@ -120,7 +124,7 @@ def flip_scores(backbone, head, val, plain_probs: np.ndarray, image_size: int, b
 def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: str | Path,
              model_path: str | Path, info_path: str | Path, history_path: str | Path,
              checkpoint_dir: str | Path, backbone_params: BackboneParams, params: FinetuneParams, seed: int,
-             tracker=None) -> FinetuneResult:
+             tracker=None, companion_path: str | Path | None = None) -> FinetuneResult:
     cluster = distributed.cluster_from_env()
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
@@ -145,7 +149,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     head_accuracy = float((head_probs.argmax(1) == y_val).mean()) if len(val) else None
     counts = np.bincount(train["label_index"].to_numpy(), minlength=len(classes))
     facts = Facts(per_class=float(np.median(counts)), head_val_accuracy=head_accuracy,
-                  n_blocks=len(block_groups(backbone)))
+                  n_blocks=len(block_groups(backbone)), train_images=len(train))
 
     # 2. The recipe.
     def score_flip():
@@ -173,7 +177,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             "backbone": fingerprint, "params": params.model_dump(), "recipe": recipe.as_dict(),
             "image_size": backbone_params.image_size, "seed": seed, "policy": plan.policy,
         })
-        ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", params.patience,
+        ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", recipe.patience,
                             writer=cluster.chief)
         if strategy is None:
             _train(model, backbone, recipe, train, val, len(classes), backbone_params.image_size, params.batch_size,
@@ -188,7 +192,8 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             model.set_weights(trained.get_weights())
         history = ckpt.state["history"]
         best = next(h for h in history if h["epoch"] == ckpt.state["best_epoch"])
-        summary.update(epochs_run=len(history), best_epoch=ckpt.state["best_epoch"],
+        summary.update(epochs_run=len(history), steps_run=len(history) * recipe.steps_per_epoch,
+                       best_epoch=ckpt.state["best_epoch"],
                        finetune_val_accuracy=best.get("val_accuracy"), finetune_val_loss=best.get("val_loss"))
         # As Keras printed it ("Epoch 5/6"; under gradual each phase is its own fit: "Epoch 3/3"); best_epoch is from 0
         numbered = f"{best['epoch'] + 1}/{recipe.phase_end(best['epoch'])}"
@@ -202,9 +207,15 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             model.set_weights(initial)
             why = (f"no fine-tuned epoch beats the head on val (best: epoch {numbered}, accuracy "
                    f"{best['val_accuracy']:.4f} vs {head_accuracy:.4f}): publishing the head on the frozen backbone")
+    if companion_path is not None and cluster.chief:  # more candidates: the companion, alone and averaged
+        transfer = published
+        model, published, more, widened = candidates.widen(model, published, companion_path, val, summary,
+                                                            backbone_params.image_size, params.batch_size)
+        why = more if published != transfer else (f"{why}; {more}" if more else why)
+        summary.update(widened)
     print(f"finetune: published {published}: {why}", flush=True)
     summary.update(published=published, published_why=why)
-    if len(val):
+    if len(val) and published in ("head", "finetuned"):
         summary["val_accuracy"] = head_accuracy if published == "head" else summary["finetune_val_accuracy"]
         summary["val_loss"] = summary["head_val_loss"] if published == "head" else summary["finetune_val_loss"]
     result = FinetuneResult(**summary, recipe=recipe.as_dict())
@@ -213,7 +224,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
         print(f"finetune: worker {cluster.index} done; the chief (worker 0) writes the model", flush=True)
         return result
     info = ModelInfo(classes=classes, image_size=backbone_params.image_size, backbone=backbone_params.name,
-                     backbone_weights_sha256=fingerprint)
+                     backbone_weights_sha256=fingerprint, candidate=published)
     save_published(model, info, model_path, info_path)
     write_history(history, history_path)
     if ckpt is not None:
@@ -248,7 +259,7 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
     train_ds = image_dataset(train["path"], image_size, batch_size, train["label_index"],
                              shuffle_seed=seed).map(as_float)
     val_ds = image_dataset(val["path"], image_size, batch_size, val["label_index"]).map(as_float) if len(val) else None
-    steps = math.ceil(len(train) / batch_size)
+    steps = recipe.steps_per_epoch
     depths = depth_of_variables(backbone)
     compiled_for = None  # the trainable blocks `trainer` was last compiled for
 
