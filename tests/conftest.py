@@ -193,3 +193,19 @@ def save_tiny_text_weights(path: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_text_weights(tmp_path_factory) -> Path:
     return save_tiny_text_weights(tmp_path_factory.mktemp("tiny-text") / "tiny_text.weights.h5")
+
+
+@pytest.fixture(scope="session")
+def text_exported(tmp_path_factory):
+    """A tiny text project (tests/text_models.py) exported once per test process, for the text export and
+    serving tests: (root, manifest, model.keras, model.json, ExportResult), the parity gate run."""
+    from transferkit.config import ExportParams
+    from transferkit.deliver.export import export
+
+    from text_models import text_project
+
+    root = tmp_path_factory.mktemp("text-export")
+    manifest, model_path, info_path = text_project(root)
+    result = export(manifest, model_path, info_path, root / "export", ExportParams(batch_size=4),
+                    registered_model="transferkit-text")
+    return root, manifest, model_path, info_path, result

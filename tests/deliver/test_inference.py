@@ -107,3 +107,27 @@ def test_every_runtime_a_user_can_name_has_a_runner():
     for section in (ExtractParams, EvaluateParams):
         named |= set(typing.get_args(section.model_fields["runtime"].annotation)) - {"auto"}
     assert named <= set(RUNNERS), sorted(named - set(RUNNERS))
+
+
+def test_texts_are_batched_by_length_and_come_back_in_input_order(tiny_text_encoder, text_tokenizer):
+    """predict_texts sorts texts by length into batches; each row is still its own text's output, as if it ran
+    alone (padding changes nothing), whatever the batch size."""
+    from transferkit.backbones.bert import WindowSettings, encode_texts
+    from transferkit.deliver import runtimes
+    from transferkit.deliver.inference import length_order, predict_texts, text_batches
+    from transferkit.deliver.published import text_model_info
+
+    settings = WindowSettings(16, 4, 3)
+    info = text_model_info(["x"], "all_minilm_l6_v2", "0" * 64, settings)
+    texts = ["a long text about the weather " * 20, "short", "a middle sized text of words", "tiny", "rain " * 30]
+    # The encoder itself as the model: its embedding rows are what is compared.
+    run = runtimes.runner(tiny_text_encoder, "tensorflow")
+    alone = np.concatenate([run(dict(zip(("token_ids", "padding_mask"), encode_texts([t], text_tokenizer, settings),
+                                         strict=True))) for t in texts])
+    for batch_size in (1, 2, 5):
+        got = predict_texts(run, info, texts, batch_size, text_tokenizer).probabilities
+        np.testing.assert_allclose(got, alone, atol=1e-5)
+    rows = [batch_rows.tolist() for batch_rows, _ in text_batches(texts, text_tokenizer, settings, 2)]
+    # One window of 3, 3, then 8 tokens (short first); then texts 0 and 4, three full windows each (input order)
+    assert rows == [[1, 3], [2, 0], [4]]
+    assert length_order([[[1, 2]], [[1]], [[1], [2]]]) == [1, 0, 2]

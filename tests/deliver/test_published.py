@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -36,3 +37,24 @@ def test_assemble_puts_the_head_on_the_backbone():
     assert model.input_shape == (None, 8, 8, 3) and model.output_shape == (None, 2)
     x = np.ones((1, 8, 8, 3), np.float32)
     np.testing.assert_allclose(model.predict(x, verbose=0), head.predict(backbone.predict(x, verbose=0), verbose=0))
+
+
+def test_a_text_model_description_keeps_its_modality_and_window_settings(tmp_path):
+    from transferkit.backbones.bert import WindowSettings
+    from transferkit.deliver.published import text_model_info
+    from transferkit.files import write_json
+
+    info = text_model_info(["ham", "spam"], "all_minilm_l6_v2", "1" * 64, WindowSettings(128, 16, 4))
+    write_json(tmp_path / "model.json", asdict(info))
+    loaded = ModelInfo.from_json(tmp_path / "model.json")
+    assert loaded == info and loaded.modality == "text" and loaded.image_size is None
+    assert loaded.text == {"max_tokens": 128, "overlap": 16, "max_windows": 4}
+    assert loaded.window_settings() == WindowSettings(128, 16, 4)
+
+    write_json(tmp_path / "bad.json", {**asdict(info), "text": {"max_tokens": 128}})
+    with pytest.raises(TransferkitError, match="bad.json: a text model needs `text` with max_tokens, overlap, "
+                                               "max_windows"):
+        ModelInfo.from_json(tmp_path / "bad.json")
+    image = {key: value for key, value in asdict(info).items() if key not in ("modality", "text")}
+    write_json(tmp_path / "old.json", {**image, "image_size": 32})  # written before text models: an image model
+    assert ModelInfo.from_json(tmp_path / "old.json").modality == "image"

@@ -13,7 +13,8 @@ from conftest import DEFAULT_CLASSES, colour_model, prepare_into, save_colour_mo
 
 def outputs_in(folder) -> EvaluateOutputs:
     return EvaluateOutputs(confusion_csv=folder / "confusion.csv",
-                           predictions=folder / "predictions.csv", confusion_png=folder / "confusion.png",
+                           predictions=folder / "predictions.csv", errors=folder / "errors.csv",
+                           confusion_png=folder / "confusion.png",
                            calibration_png=folder / "calibration.png", curves_png=folder / "curves.png")
 
 

@@ -183,3 +183,42 @@ def test_runs_show_their_dataset_and_source_and_the_experiment_opens_on_training
     (dataset,) = [d.dataset for d in parent.inputs.dataset_inputs]
     assert dataset.name == "prepared manifest" and dataset.digest and str(manifest) in dataset.source
     assert len(parent.data.tags["dvc.lock.sha256"]) == 64 and parent.data.tags["mlflow.source.name"] == "dvc repro"
+
+
+ECHO_MODEL = """
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+
+
+class Echo(PythonModel):
+    _skip_type_hint_validation = True  # no type hints: no warning
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+set_model(Echo())
+"""
+
+
+def test_an_image_and_a_text_model_never_share_a_registered_name(in_tmp_cwd):
+    """Each registered version is tagged with its modality; a text model under a name whose latest is an image
+    model (or the reverse) is refused before anything is logged, naming the key to set."""
+    from transferkit.tracking.runs import MODALITY_TAG
+
+    (in_tmp_cwd / "echo.py").write_text(ECHO_MODEL)
+    client = MlflowClient(tracking_uri(LOCAL))
+
+    def log(name: str, modality: str):
+        with StageRun("export", PARAMS, LOCAL) as run:
+            return run.log_model(in_tmp_cwd / "echo.py", {}, [], None, None, ["numpy"], name, modality)
+
+    log("transferkit", "image")
+    with pytest.raises(TransferkitError, match="tracking.registered_model: 'transferkit' holds image models .*"
+                                               "-S tracking.registered_model=transferkit-text"):
+        log("transferkit", "text")
+    assert [str(v.version) for v in client.search_model_versions("name = 'transferkit'")] == ["1"]
+    log("transferkit-text", "text")
+    log("transferkit-text", "text")
+    latest = max(client.search_model_versions("name = 'transferkit-text'"), key=lambda v: int(v.version))
+    assert str(latest.version) == "2" and latest.tags[MODALITY_TAG] == "text"
+    assert client.get_model_version("transferkit", "1").tags[MODALITY_TAG] == "image"

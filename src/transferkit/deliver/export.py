@@ -17,6 +17,15 @@ changes a prediction the Keras model makes by a clear margin; a quantized
 file (export.quantize) fails when it agrees on fewer than
 QUANTIZED_MIN_AGREEMENT of the predictions or loses more than
 QUANTIZED_MAX_ACCURACY_DROP of accuracy.
+
+A text model (ModelInfo.modality "text") is exported the same way: each
+file takes `token_ids` and `padding_mask`, int32 (N, windows, tokens), and
+holds the encoder and the head. Beside the files: `tokenizer.json` (the one
+that makes the token ids) and, in each `<file>.json`, the window settings
+(`text`: max_tokens, overlap, max_windows). Its parity gate runs the raw test
+texts through the tokenizer and windows (inference.text_batches, batched by
+length) into each file. No browser (web) folder for text, and no int8 file
+(its calibration is images); `export.quantize: dynamic` works.
 """
 
 from __future__ import annotations
@@ -31,8 +40,9 @@ import numpy as np
 from transferkit.config import ExportParams
 from transferkit.data.datasets import decoded_batches
 from transferkit.data.manifest import load_manifest, split_of
+from transferkit.data.texts import load_text
 from transferkit.deliver import runtimes
-from transferkit.deliver.inference import predict_batches
+from transferkit.deliver.inference import predict_batches, text_batches, tokenizer_file, tokenizer_for
 from transferkit.deliver.published import ModelInfo, load_published
 from transferkit.errors import TransferkitError
 from transferkit.files import write_json
@@ -43,6 +53,7 @@ MARGIN = 1e-4  # a changed top-1 counts when the Keras model's top-2 margin is a
 QUANTIZED_MIN_AGREEMENT = 0.99  # of top-1 predictions, for export.quantize: dynamic | int8
 QUANTIZED_MAX_ACCURACY_DROP = 0.01  # test accuracy, quantized file vs Keras model
 ONNX_OUTPUT = "probabilities"
+TOKENIZER_FILE = "tokenizer.json"  # a text model's tokenizer, copied beside its files
 
 
 @dataclass(frozen=True)
@@ -133,16 +144,24 @@ def _rename_onnx_output(path: Path, name: str) -> None:
     onnx.save(graph, str(path))
 
 
+def input_spec(info: ModelInfo) -> dict:
+    if info.modality == "text":
+        return {"names": list(runtimes.TEXT_INPUTS), "dtype": "int32", "shape": [-1, -1, -1],
+                "tokens": f"{TOKENIZER_FILE} (beside this file) over each text, [CLS] window [SEP], windows of "
+                          f"`text` max_tokens overlapping by `text` overlap, at most `text` max_windows (spread "
+                          f"over a longer text); padding_mask 1 for a real token, 0 for padding"}
+    size = info.image_size
+    return {"name": "image", "dtype": "float32", "shape": [-1, size, size, 3],
+            "pixels": "RGB 0..255, resized to image_size x image_size; no other preprocessing (it is inside the model)"}
+
+
 def description(info: ModelInfo, artifact: Artifact) -> dict:
     """What sits beside each file: its classes and exactly what goes in and comes out."""
-    size = info.image_size
     return {
         **asdict(info),
         "format": artifact.name, "file": artifact.file, "runtime": artifact.runtime,
         "quantized": artifact.quantized,
-        "input_spec": {"name": "image", "dtype": "float32", "shape": [-1, size, size, 3],
-                       "pixels": "RGB 0..255, resized to image_size x image_size; no other preprocessing "
-                                 "(it is inside the model)"},
+        "input_spec": input_spec(info),
         "output_spec": {"name": ONNX_OUTPUT if artifact.name == "onnx" else "output_0", "dtype": "float32",
                         "shape": [-1, len(info.classes)], "meaning": "probability of classes[i]"},
     }
@@ -194,8 +213,13 @@ class ExportResult(StageResult):
     registered_model: str  # tracking.registered_model
 
     def lines(self) -> list[str]:
-        return [f"{name}: max |prob diff| {f['max_abs_diff']:.2g}, top-1 agreement {f['top1_agreement']:.2%} "
-                f"on {self.test_images} test images" for name, f in self.figures.items()]
+        items = "test texts" if self.info.modality == "text" else "test images"
+        lines = [f"{name}: max |prob diff| {f['max_abs_diff']:.2g}, top-1 agreement {f['top1_agreement']:.2%} "
+                 f"on {self.test_images} {items}" for name, f in self.figures.items()]
+        if self.info.modality == "text":
+            lines.append(f"text model: {TOKENIZER_FILE} and the window settings beside the files; no browser (web) "
+                         f"folder (the browser page is for image models)")
+        return lines
 
     def metrics_file(self) -> dict:
         return {"test_images": self.test_images, "keras_accuracy": self.keras_accuracy, "artifacts": self.figures}
@@ -216,10 +240,13 @@ class ExportResult(StageResult):
         """Log the served model (the ONNX file that passed, with the decoder's code) and register it."""
         from transferkit.deliver import serving
 
-        uri = tracker.log_model(serving.model_file(), {serving.MODEL_ARTIFACT: str(self.folder / "model.onnx"),
-                                                   serving.INFO_ARTIFACT: str(self.folder / "model.onnx.json")},
-                            [serving.code_path()], serving.model_signature(self.info),
-                            serving.input_example(self.example), serving.pip_requirements(), self.registered_model)
+        artifacts = {serving.MODEL_ARTIFACT: str(self.folder / "model.onnx"),
+                     serving.INFO_ARTIFACT: str(self.folder / "model.onnx.json")}
+        if self.info.modality == "text":
+            artifacts[serving.TOKENIZER_ARTIFACT] = str(self.folder / TOKENIZER_FILE)
+        uri = tracker.log_model(serving.model_file(), artifacts, [serving.code_path()],
+                                serving.model_signature(self.info), serving.input_example(self.example, self.info),
+                                serving.pip_requirements(self.info), self.registered_model, self.info.modality)
         return [f"parity gate passed; served model logged as {uri} and registered as '{self.registered_model}'"]
 
 
@@ -231,16 +258,24 @@ def export(manifest_path: str | Path, model_path: str | Path, info_path: str | P
     manifest = load_manifest(manifest_path)
     test = split_of(manifest, "test")
     if test.empty:
-        raise TransferkitError("data.test_fraction: the test split is empty; the parity gate needs test images")
-    size = info.image_size
-    # Decoded once, kept as uint8 (a quarter of float32's memory): every runner casts to float32 itself.
-    batches = list(decoded_batches(test["path"].tolist(), size, params.batch_size))
+        raise TransferkitError("data.test_fraction: the test split is empty; the parity gate needs test items")
     labels = test["label_index"].to_numpy()
     calibration = None
+    if info.modality == "text":
+        if params.quantize == "int8":
+            raise TransferkitError("export.quantize: int8 is calibrated on images; for a text model use none or "
+                                   "dynamic")
+        # Tokenized once, batched by length; the labels follow the rows' new order.
+        pairs = list(text_batches([load_text(p) for p in test["path"]], tokenizer_for(info),
+                                  info.window_settings(), params.batch_size))
+        batches = [batch for _, batch in pairs]
+        labels = labels[np.concatenate([rows for rows, _ in pairs])]
+    else:
+        # Decoded once, kept as uint8 (a quarter of float32's memory): every runner casts to float32 itself.
+        batches = list(decoded_batches(test["path"].tolist(), info.image_size, params.batch_size))
     if params.quantize == "int8":
-        train = split_of(manifest, "train")
-        paths = train["path"].tolist()[:params.calibration_images]
-        calibration = np.concatenate(list(decoded_batches(paths, size, params.batch_size)))
+        paths = split_of(manifest, "train")["path"].tolist()[:params.calibration_images]
+        calibration = np.concatenate(list(decoded_batches(paths, info.image_size, params.batch_size)))
 
     work = folder.with_name(f".tmp-{os.getpid()}-{folder.name}")
     shutil.rmtree(work, ignore_errors=True)
@@ -250,6 +285,8 @@ def export(manifest_path: str | Path, model_path: str | Path, info_path: str | P
         for artifact in artifacts:
             write_artifact(model, artifact, work, params, calibration)
             write_json(work / f"{artifact.file}.json", description(info, artifact))
+        if info.modality == "text":
+            shutil.copyfile(tokenizer_file(info), work / TOKENIZER_FILE)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(work, folder)
     finally:

@@ -1,8 +1,11 @@
 """Every runtime that runs a model or its exported files, built in one place, with one call shape.
 
-A runner takes a batch of raw RGB pixels, (N, size, size, 3) uint8 or float32
-0..255, and returns the model's output as float32 (N, D). `runner(source,
-runtime)` builds one from a Keras model or an exported file:
+A runner takes a batch of a model's input and returns the model's output as
+float32 (N, D). The input is, for an image model, one array of raw RGB pixels,
+(N, size, size, 3) uint8 or float32 0..255; for a text model, a dict of its two
+int32 arrays {"token_ids": ..., "padding_mask": ...}, (N, windows, tokens)
+(backbones/bert.py: encode_texts). `runner(source, runtime)` builds one from a
+Keras model or an exported file:
 
     tensorflow   a Keras model (keras_runner) or a SavedModel folder (saved_model_runner)
     litert       a .tflite file, or a Keras model converted first (to_litert, a few seconds)
@@ -28,7 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-Runner = Callable[[np.ndarray], np.ndarray]
+# A batch: pixels (an image model), or {input name: array} (a text model's TEXT_INPUTS).
+Batch = np.ndarray | dict[str, np.ndarray]
+Runner = Callable[[Batch], np.ndarray]
+TEXT_INPUTS = ("token_ids", "padding_mask")  # a text model's inputs, int32 (N, windows, tokens), in this order
 
 
 def threads() -> int:
@@ -66,6 +72,8 @@ def keras_runner(model) -> Runner:
     """
     import tensorflow as tf
 
+    if len(model.inputs) > 1:
+        return _keras_text_runner(model)
     shape = (None, *model.input_shape[1:])
     graphs: dict[type, Callable] = {}
 
@@ -80,15 +88,34 @@ def keras_runner(model) -> Runner:
     return run
 
 
+def _keras_text_runner(model) -> Runner:
+    """A text model (inputs TEXT_INPUTS) as one traced graph for any batch, window and token count."""
+    import tensorflow as tf
+
+    names = [tensor.name.split(":")[0] for tensor in model.inputs]
+    if sorted(names) != sorted(TEXT_INPUTS):
+        raise ValueError(f"a model of several inputs must take {' and '.join(TEXT_INPUTS)}, not {names}")
+    spec = [tf.TensorSpec((None, None, None), tf.int32, name=name) for name in TEXT_INPUTS]
+    graph = tf.function(lambda ids, mask: tf.cast(model({"token_ids": ids, "padding_mask": mask}, training=False),
+                                                  tf.float32), input_signature=spec)
+
+    def run(x: dict[str, np.ndarray]) -> np.ndarray:
+        return graph(*(np.asarray(x[name], np.int32) for name in TEXT_INPUTS)).numpy()
+
+    return run
+
+
 def saved_model_runner(path: str | Path) -> Runner:
-    """A SavedModel's `serving_default` signature (input `image`)."""
+    """A SavedModel's `serving_default` signature (input `image`, or a text model's TEXT_INPUTS)."""
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))  # kept referenced by the closure: its variables live with it
     signature = loaded.signatures["serving_default"]
     output = next(iter(signature.structured_outputs))
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: Batch) -> np.ndarray:
+        if isinstance(x, dict):
+            return signature(**{k: tf.constant(np.asarray(v, np.int32)) for k, v in x.items()})[output].numpy()
         return signature(image=tf.constant(np.asarray(x, np.float32)))[output].numpy()
 
     run.loaded = loaded  # type: ignore[attr-defined]
@@ -108,6 +135,8 @@ def litert_runner(source, num_threads: int | None = None) -> Runner:
         source = to_litert(source)
     kwargs = {"model_content": source} if isinstance(source, bytes) else {"model_path": str(source)}
     interpreter = Interpreter(num_threads=num_threads or threads(), **kwargs)
+    if len(interpreter.get_input_details()) > 1:
+        return _litert_text_runner(interpreter)
     first, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     lock, shape = threading.Lock(), [None]
 
@@ -119,6 +148,29 @@ def litert_runner(source, num_threads: int | None = None) -> Runner:
                 interpreter.allocate_tensors()
                 shape[0] = x.shape
             interpreter.set_tensor(first["index"], x)
+            interpreter.invoke()
+            out = interpreter.get_tensor(target["index"])
+        return _dequantize(out, target)
+
+    return run
+
+
+def _litert_text_runner(interpreter) -> Runner:
+    """A text model's interpreter: inputs found by name (`serving_default_token_ids:0` holds `token_ids`)."""
+    details = {name: next(d for d in interpreter.get_input_details() if name in d["name"]) for name in TEXT_INPUTS}
+    target = interpreter.get_output_details()[0]
+    lock, shape = threading.Lock(), [None]
+
+    def run(x: dict[str, np.ndarray]) -> np.ndarray:
+        arrays = {name: np.ascontiguousarray(x[name], np.int32) for name in TEXT_INPUTS}
+        with lock:
+            if shape[0] != arrays["token_ids"].shape:
+                for name, detail in details.items():
+                    interpreter.resize_tensor_input(detail["index"], arrays[name].shape)
+                interpreter.allocate_tensors()
+                shape[0] = arrays["token_ids"].shape
+            for name, detail in details.items():
+                interpreter.set_tensor(detail["index"], arrays[name])
             interpreter.invoke()
             out = interpreter.get_tensor(target["index"])
         return _dequantize(out, target)
@@ -147,7 +199,13 @@ def onnx_runner(path: str | Path, num_threads: int | None = None) -> Runner:
     options.log_severity_level = 3  # errors only
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: np.asarray(x, np.float32)})[0]
+
+    def run(x: Batch) -> np.ndarray:
+        if isinstance(x, dict):  # a text model: its inputs by name (tf2onnx keeps the Keras names)
+            return session.run(None, {k: np.asarray(v, np.int32) for k, v in x.items()})[0]
+        return session.run(None, {name: np.asarray(x, np.float32)})[0]
+
+    return run
 
 
 RUNNERS: dict[str, Callable[..., Runner]] = {

@@ -5,6 +5,6 @@ See serving.py. It is logged with the model; import it nowhere else.
 
 from mlflow.models import set_model
 
-from transferkit.deliver.serving import ImageClassifier
+from transferkit.deliver.serving import Classifier
 
-set_model(ImageClassifier())
+set_model(Classifier())

@@ -8,6 +8,10 @@ every run fits a few and says where the published model stands:
   colour too when the images have colour (decided from their decoded pixels), standardised;
 - k nearest neighbours (k from KNN_K, cosine distance) on the cached embeddings, when given.
 
+For texts, instead of the pixel candidates: TF-IDF (sublinear tf) + a linear SVM, on word 1-2-grams
+and on character 2-5-grams within word boundaries (TFIDF_C each), on the texts as every stage reads
+them (data.texts.load_text, headers and all); kNN on the embeddings as for images.
+
 Each candidate is fitted on the train split; the best on val (accuracy; a tie goes to the earlier,
 cheaper one) is refitted on train + val and scored on the test split. The pixels come from the
 pipeline's one decoder (data.images.load_rgb: the whole image, Pillow's bilinear resize), at the
@@ -29,12 +33,18 @@ from threadpoolctl import threadpool_limits
 
 from transferkit.data.datasets import decoded_batches
 from transferkit.data.manifest import split_of
+from transferkit.data.texts import load_text
 from transferkit.embeddings.table import EmbeddingTable
 
 PIXEL_SIZES = (8, 16)  # pixels, square: the sides the raw-pixel candidates see
 SVM_C = (1.0, 10.0)  # the RBF SVM's C, chosen on val
 LOGISTIC_C = (0.1, 1.0)  # the logistic regression's C (inverse L2 strength), chosen on val
 KNN_K = (1, 5)  # neighbours, chosen on val (only those with at least k train images)
+TFIDF_C = (0.1, 1.0, 10.0)  # the text candidates' linear SVM C, chosen on val
+# (name, TfidfVectorizer arguments): words and word pairs; characters 2-5 inside word boundaries (robust to
+# misspellings and obfuscation, e.g. spam's "V1agra")
+TFIDF_FEATURES = (("word12", {"analyzer": "word", "ngram_range": (1, 2)}),
+                  ("char25", {"analyzer": "char_wb", "ngram_range": (2, 5)}))
 # Images are in colour when their pixels' channel spread (max - min over R, G, B) averages more than
 # this, in levels of 0..255: grey images stored as RGB are exactly 0, JPEG chroma noise stays below 1.
 COLOUR_SPREAD = 2.0
@@ -92,16 +102,30 @@ def logistic(c: float):
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
 
 
+def tfidf_svm(vectorizer: dict, c: float):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import LinearSVC
+
+    # sublinear tf: a word said 20 times is not 20 times the evidence; random_state: liblinear's shuffling
+    return make_pipeline(TfidfVectorizer(sublinear_tf=True, dtype=np.float32, **vectorizer),
+                         LinearSVC(C=c, random_state=0))
+
+
 def knn(k: int):
     from sklearn.neighbors import KNeighborsClassifier
 
     return KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute")
 
 
-def candidate_list(colour: bool, embeddings: bool, train_images: int) -> list[Candidate]:
+def candidate_list(colour: bool, embeddings: bool, train_images: int, modality: str = "image") -> list[Candidate]:
     """The candidates, cheapest first (a tie on val goes to the earlier one)."""
     found = []
-    for size in PIXEL_SIZES:
+    if modality == "text":
+        for features, vectorizer in TFIDF_FEATURES:
+            found += [Candidate(f"tfidf_{features}_linear_svm_c{c:g}", "text", partial(tfidf_svm, vectorizer, c))
+                      for c in TFIDF_C]
+    for size in PIXEL_SIZES if modality == "image" else ():
         for tone in ("grey", "colour") if colour else ("grey",):
             features = f"{tone}_{size}px"
             found += [Candidate(f"svm_rbf_{features}_c{c:g}", features, partial(svm_rbf, c)) for c in SVM_C]
@@ -143,14 +167,20 @@ def decode(paths: list[str], size: int) -> np.ndarray:
     return np.concatenate(list(decoded_batches(paths, size, DECODE_BATCH)))
 
 
-def split_items(frames: dict[str, pd.DataFrame], embeddings: EmbeddingTable | None) -> tuple[dict[str, Items], bool]:
-    """Each split's Items (every feature set), and whether the train images have colour."""
+def split_items(frames: dict[str, pd.DataFrame], embeddings: EmbeddingTable | None,
+                modality: str = "image") -> tuple[dict[str, Items], bool]:
+    """Each split's Items (every feature set), and whether the train images have colour (False for text)."""
     rows = pd.concat(frames.values())
-    pixels = {size: decode(rows["path"].tolist(), size) for size in PIXEL_SIZES}
-    colour = has_colour(pixels[max(PIXEL_SIZES)][:len(frames["train"])])
-    features = {f"grey_{size}px": pixel_features(images, colour=False) for size, images in pixels.items()}
-    if colour:
-        features.update({f"colour_{size}px": pixel_features(images, colour=True) for size, images in pixels.items()})
+    if modality == "text":
+        colour = False
+        features = {"text": np.array([load_text(path) for path in rows["path"]], dtype=object)}
+    else:
+        pixels = {size: decode(rows["path"].tolist(), size) for size in PIXEL_SIZES}
+        colour = has_colour(pixels[max(PIXEL_SIZES)][:len(frames["train"])])
+        features = {f"grey_{size}px": pixel_features(images, colour=False) for size, images in pixels.items()}
+        if colour:
+            features.update({f"colour_{size}px": pixel_features(images, colour=True)
+                             for size, images in pixels.items()})
     if embeddings is not None:
         features["embeddings"] = embeddings.rows(rows["sha256"].tolist())
     labels = rows["label_index"].to_numpy()
@@ -178,10 +208,11 @@ def best_on_val(scores: dict[str, float]) -> str:
 
 
 def fit_baseline(manifest: pd.DataFrame, embeddings: EmbeddingTable | None, max_train: int,
-                 seed: int) -> BaselineResult | None:
+                 seed: int, modality: str = "image") -> BaselineResult | None:
     """Fit the candidates on train, choose on val, refit on train + val, score on test.
 
     `embeddings`: the table evaluate has already read (kNN candidates join when given).
+    modality: the manifest's, "image" or "text" (which candidates apply).
 
     None when the manifest has no val images to choose on (data.val_fraction 0)."""
     start = time.perf_counter()
@@ -190,9 +221,9 @@ def fit_baseline(manifest: pd.DataFrame, embeddings: EmbeddingTable | None, max_
     frames = {"train": capped(split_of(manifest, "train"), max_train, seed),
               "val": capped(split_of(manifest, "val"), max_train, seed),
               "test": split_of(manifest, "test")}
-    items, colour = split_items(frames, embeddings)
+    items, colour = split_items(frames, embeddings, modality)
     train, val, test = items["train"], items["val"], items["test"]
-    candidates = candidate_list(colour, embeddings is not None, len(train))
+    candidates = candidate_list(colour, embeddings is not None, len(train), modality)
     # One BLAS thread: these matrices are small, and OpenBLAS's threads spinning against TensorFlow's (or
     # any other load on the cores) made a logistic regression on 520 images 100x slower (6 s, not 0.06 s)
     # on 2 busy cores. A fixed count also keeps the float sums, and so the fits, the same on any machine.

@@ -17,6 +17,16 @@ and a logistic regression on raw pixels, kNN on the embeddings) are fitted on
 train, the best on val is refitted on train + val and scored on the same test
 images: `gain_over_baseline` = the published model's test accuracy minus the
 baseline's, and a line says so in plain words when the model loses.
+
+The most confidently wrong test items are written to `errors` (plots/errors.csv
+in dvc.yaml; logged to MLflow beside the plots): path, true and predicted
+label, the predicted probability, and for a text model the first
+ERROR_TEXT_CHARS characters of the text, most confident first.
+
+A text model (ModelInfo.modality "text") goes through the same path: its test
+texts are read by data.texts.load_text and tokenized as the model says
+(inference.predict_files); the image-only parts (flip TTA) never apply, and
+its baselines are TF-IDF + linear SVM and kNN on the embeddings.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import pandas as pd
 
 from transferkit.config import EvaluateParams
 from transferkit.data.manifest import load_manifest, split_of
+from transferkit.data.texts import load_text
 from transferkit.deliver.inference import predict_files
 from transferkit.deliver.published import load_published
 from transferkit.embeddings.table import EmbeddingTable, read_table
@@ -40,6 +51,8 @@ from transferkit.files import atomic_path
 from transferkit.results import Attachment, StageResult
 
 # The figures a run shows at a glance: the stage's MLflow run, and the pipeline's as test_<name>.
+MAX_ERRORS = 50  # rows of the errors file: enough to see a pattern, few enough to read
+ERROR_TEXT_CHARS = 300  # characters of each wrong text shown in the errors file
 HEADLINE = ("accuracy", "macro_f1", "log_loss", "ece", "accuracy_without_tta", "head_only_accuracy",
             "head_only_macro_f1", "finetune_gain", "baseline_accuracy", "baseline_val_accuracy", "gain_over_baseline")
 
@@ -49,6 +62,7 @@ class EvaluateOutputs:
     """Where evaluate writes (from the command line, i.e. dvc.yaml); the metrics file is the runner's."""
     confusion_csv: Path  # actual,predicted per test image: DVC's confusion-matrix plot data
     predictions: Path  # path,actual,predicted,confidence per test image, for error analysis
+    errors: Path  # the most confidently wrong test items (CSV): path,actual,predicted,probability[,text]
     confusion_png: Path
     calibration_png: Path
     curves_png: Path
@@ -64,16 +78,18 @@ class EvaluateResult(StageResult):
     min_accuracy: float | None  # evaluate.min_accuracy, the quality gate
     baseline_asked: bool = False  # evaluate.baseline
     baseline: BaselineResult | None = None  # None when not asked, or without val images to choose it on
+    modality: str = "image"  # the published model's
 
     def lines(self) -> list[str]:
         s = self.summary
-        lines = [f"test accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f} on {s['test_images']} images"
+        items = "texts" if self.modality == "text" else "images"
+        lines = [f"test accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f} on {s['test_images']} {items}"
                  f"{' (with TTA)' if s['tta'] else ''}"]
         if "head_only_accuracy" in s:
             lines.append(f"head-only model (frozen backbone + head) {s['head_only_accuracy']:.4f}: fine-tuning "
                          f"bought {s['finetune_gain'] * 100:+.2f} points")
         if self.baseline is not None:
-            lines += baseline_lines(self.baseline, s["accuracy"])
+            lines += baseline_lines(self.baseline, s["accuracy"], self.modality)
         elif self.baseline_asked:
             lines.append("no baseline: the val split is empty (data.val_fraction), and a baseline is chosen on val")
         return lines
@@ -91,9 +107,9 @@ class EvaluateResult(StageResult):
         return {f"test_{k}": v for k, v in self.run_metrics().items()}
 
     def attachments(self) -> list[Attachment]:
-        plots = [Attachment(png, "plots", parent=True) for png in (self.outputs.confusion_png,
-                                                                  self.outputs.calibration_png,
-                                                                  self.outputs.curves_png)]
+        plots = [Attachment(path, "plots", parent=True) for path in (self.outputs.confusion_png,
+                                                                    self.outputs.calibration_png,
+                                                                    self.outputs.curves_png, self.outputs.errors)]
         return [*plots, *(Attachment(path, parent=True) for path in self.attached)]
 
     def check(self) -> None:
@@ -101,19 +117,23 @@ class EvaluateResult(StageResult):
         quality_gate(self.summary, self.min_accuracy)
 
 
-def baseline_lines(baseline: BaselineResult, accuracy: float) -> list[str]:
+def baseline_lines(baseline: BaselineResult, accuracy: float, modality: str = "image") -> list[str]:
     """Where the published model stands against the baseline, in plain words, and what the baseline cost."""
     name, test_accuracy = baseline.name, baseline.test_accuracy
+    items = "texts" if modality == "text" else "images"
     if accuracy < test_accuracy:
+        advice = ("try finetune.strategy full, or more text.max_windows so the encoder reads more of each text; "
+                  "on short, keyword-driven texts a classical method can be the better model" if modality == "text"
+                  else "try finetune.strategy full, a larger backbone.image_size or another backbone; on small, "
+                       "low-resolution images a classical method can be the better model")
         verdict = (f"the published model ({accuracy:.4f}) is below the baseline {name} ({test_accuracy:.4f}) on "
-                   f"the same test images: try finetune.strategy full, a larger backbone.image_size or another "
-                   f"backbone; on small, low-resolution images a classical method can be the better model")
+                   f"the same test {items}: {advice}")
     else:
-        verdict = (f"baseline {name} scores {test_accuracy:.4f} on the same test images: the published model "
+        verdict = (f"baseline {name} scores {test_accuracy:.4f} on the same test {items}: the published model "
                    f"gains {(accuracy - test_accuracy) * 100:+.2f} points over it")
-    cost = (f"baseline: {len(baseline.val_scores)} candidates fitted on {baseline.train_images} train images, {name} "
-            f"the best on {baseline.val_images} val images ({baseline.val_accuracy:.4f}), refitted on train + val, "
-            f"in {baseline.seconds:.1f} s")
+    cost = (f"baseline: {len(baseline.val_scores)} candidates fitted on {baseline.train_images} train {items}, "
+            f"{name} the best on {baseline.val_images} val {items} ({baseline.val_accuracy:.4f}), refitted on "
+            f"train + val, in {baseline.seconds:.1f} s")
     return [verdict, cost]
 
 
@@ -138,15 +158,16 @@ def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str |
         raise TransferkitError("data.test_fraction: the test split is empty; nothing to evaluate")
     model, info = load_published(model_path, info_path)
     classes = info.classes
-    predictions = predict_files(model, info, test["path"].tolist(), params.batch_size, tta=params.tta,
+    tta = params.tta and info.modality == "image"  # a flip is an image's augmentation
+    predictions = predict_files(model, info, test["path"].tolist(), params.batch_size, tta=tta,
                                 runtime=params.runtime)
     probs = predictions.probabilities
     y_true = test["label_index"].to_numpy()
     report = classification_report(probs, y_true, classes, params.calibration_bins)
-    report.summary["tta"] = params.tta
+    report.summary["tta"] = tta
     report.summary["published"] = info.candidate or "unknown"  # which candidate finetune published, for the summary
     plain_accuracy = float((predictions.plain.argmax(axis=1) == y_true).mean())
-    if params.tta:
+    if tta:
         report.summary["accuracy_without_tta"] = plain_accuracy
     embeddings = read_table(embeddings_path) if embeddings_path is not None else None  # one read, two users
     if head_path is not None and embeddings is not None:
@@ -154,7 +175,8 @@ def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str |
                                      y_true, classes, params.calibration_bins).summary
         report.summary.update(head_only_accuracy=head["accuracy"], head_only_macro_f1=head["macro_f1"],
                               finetune_gain=plain_accuracy - head["accuracy"])
-    baseline = fit_baseline(manifest, embeddings, params.baseline_max_train, seed) if params.baseline else None
+    baseline = (fit_baseline(manifest, embeddings, params.baseline_max_train, seed, info.modality)
+                if params.baseline else None)
     if baseline is not None:
         report.summary.update(baseline=baseline.name, baseline_accuracy=baseline.test_accuracy,
                               baseline_val_accuracy=baseline.val_accuracy,
@@ -167,12 +189,30 @@ def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str |
     with atomic_path(outputs.predictions) as tmp:
         pd.DataFrame({"path": test["path"].to_numpy(), "actual": actual, "predicted": predicted,
                       "confidence": probs.max(axis=1)}).to_csv(tmp, index=False)
+    with atomic_path(outputs.errors) as tmp:
+        confident_errors(test["path"].to_numpy(), y_true, probs, classes, info.modality).to_csv(tmp, index=False)
     confusion_png(report.confusion, classes, outputs.confusion_png,
                   f"Test confusion matrix (accuracy {report.summary['accuracy']:.3f})")
     calibration_png(report.calibration, outputs.calibration_png, report.summary["ece"])
     curves_png(histories, outputs.curves_png)
     attached = (Path(info_path), *([Path(report_path)] if report_path else []))
-    return EvaluateResult(report.summary, outputs, attached, params.min_accuracy, params.baseline, baseline)
+    return EvaluateResult(report.summary, outputs, attached, params.min_accuracy, params.baseline, baseline,
+                          info.modality)
+
+
+def confident_errors(paths: np.ndarray, y_true: np.ndarray, probs: np.ndarray, classes: list[str],
+                     modality: str) -> pd.DataFrame:
+    """The MAX_ERRORS most confidently wrong items, most confident first (ties: test order): path, actual,
+    predicted, probability (of the predicted class), and for texts the first ERROR_TEXT_CHARS characters."""
+    y_pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(y_pred != y_true)
+    wrong = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")][:MAX_ERRORS]
+    frame = pd.DataFrame({"path": paths[wrong], "actual": [classes[i] for i in y_true[wrong]],
+                          "predicted": [classes[i] for i in y_pred[wrong]],
+                          "probability": probs[wrong, y_pred[wrong]]})
+    if modality == "text":
+        frame["text"] = [load_text(path)[:ERROR_TEXT_CHARS] for path in frame["path"]]
+    return frame
 
 
 def quality_gate(summary: dict, min_accuracy: float | None) -> None:

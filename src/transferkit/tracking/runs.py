@@ -71,6 +71,8 @@ from transferkit.tracking.server import (
 # MLflow 3's UI opens an experiment in its GenAI view unless it is marked as model training
 # (the UI also keeps a per-browser choice, set by the ?workflowType=machine_learning URL parameter).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# On each registered model version: image | text, so one registered name never mixes the two (log_model).
+MODALITY_TAG = "transferkit.modality"
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -300,14 +302,42 @@ class StageRun:
         return EpochLogger()
 
     def log_model(self, model_file: str | Path, artifacts: dict[str, str], code_paths: list[str | Path],
-                  signature, input_example, pip_requirements: list[str], registered_name: str) -> str | None:
-        """Log a models-from-code pyfunc on the parent run and register it; returns the model URI
-        (None when the tracking server went away and tracking.required is false)."""
+                  signature, input_example, pip_requirements: list[str], registered_name: str,
+                  modality: str = "image") -> str | None:
+        """Log a models-from-code pyfunc on the parent run and register it, its version tagged with the
+        model's `modality`; returns the model URI (None when the tracking server went away and
+        tracking.required is false).
+
+        A registered name whose latest version holds the other modality is refused before anything is
+        logged (TransferkitError naming tracking.registered_model): an image model and a text model never
+        overwrite each other's "latest", which `make serve` serves. Versions without the tag are images
+        (registered before text models)."""
+        from transferkit.errors import TransferkitError
+
+        latest = self._send("the registered model's modality", self._latest_modality, registered_name)
+        if latest is not None and latest[1] != modality:
+            raise TransferkitError(
+                f"tracking.registered_model: '{registered_name}' holds {latest[1]} models (its latest, version "
+                f"{latest[0]}, is one); give this {modality} model a name of its own, e.g. "
+                f"-S tracking.registered_model={registered_name}-{modality}")
         return self._send("the model", self._log_model, model_file, artifacts, code_paths, signature, input_example,
-                          pip_requirements, registered_name)
+                          pip_requirements, registered_name, modality)
+
+    def _latest_modality(self, registered_name: str) -> tuple[str, str] | None:
+        """(version, modality) of the name's latest registered version, or None when it has none."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            versions = self.client.search_model_versions(f"name = '{registered_name}'")
+        except MlflowException:
+            return None
+        if not versions:
+            return None
+        latest = max(versions, key=lambda v: int(v.version))
+        return str(latest.version), (latest.tags or {}).get(MODALITY_TAG, "image")
 
     def _log_model(self, model_file, artifacts, code_paths, signature, input_example, pip_requirements,
-                   registered_name) -> str:
+                   registered_name, modality) -> str:
         import mlflow
 
         with mlflow.start_run(run_id=self.parent_id, experiment_id=self.experiment_id):
@@ -315,4 +345,7 @@ class StageRun:
                 name="model", python_model=str(model_file), artifacts=artifacts,
                 code_paths=[str(p) for p in code_paths], signature=signature, input_example=input_example,
                 pip_requirements=pip_requirements, registered_model_name=registered_name)
+        if info.registered_model_version is not None:
+            self.client.set_model_version_tag(registered_name, str(info.registered_model_version), MODALITY_TAG,
+                                              modality)
         return info.model_uri
