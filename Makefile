@@ -34,10 +34,7 @@ $(STAMP): pyproject.toml requirements.lock $(TEXT_WEIGHTS)
 
 run: install
 	dvc repro
-	@$(BIN)/python -c "import json; m = json.load(open('metrics/evaluate.json')); \
-	baseline = (f\"  baseline {m['baseline']} {m['baseline_accuracy']:.4f} (gain {m['gain_over_baseline'] * 100:+.2f} points)\" \
-	            if 'baseline' in m else ''); \
-	print(f\"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ({m['test_images']} test images)\" + baseline)"
+	@$(BIN)/python scripts/print_summary.py metrics/evaluate.json
 
 test: install
 	$(BIN)/ruff check .

@@ -165,6 +165,7 @@ def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str |
     y_true = test["label_index"].to_numpy()
     report = classification_report(probs, y_true, classes, params.calibration_bins)
     report.summary["tta"] = tta
+    report.summary["published"] = info.candidate or "unknown"  # which candidate finetune published, for the summary
     plain_accuracy = float((predictions.plain.argmax(axis=1) == y_true).mean())
     if tta:
         report.summary["accuracy_without_tta"] = plain_accuracy
