@@ -75,3 +75,34 @@ def test_predict_without_a_model_is_one_clear_line(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "none.keras"),
                  "--model-info", str(tmp_path / "none.json")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_predict_reads_text_files_folders_and_texts_on_either_runtime(tmp_path, capsys):
+    from text_models import text_project
+
+    manifest, model, info = text_project(tmp_path)
+    folder = tmp_path / "texts" / "sports"
+    (folder / "picture.png").write_bytes(b"not a text file type: not offered")
+    (tmp_path / "empty.txt").write_text(" \n")
+    args = ["predict", str(folder), str(tmp_path / "empty.txt"), "--text", "rain snow forecast", "--text", "",
+            "--model", str(model), "--model-info", str(info), "--format", "json"]
+    answers = {}
+    for runtime in ("tensorflow", "litert"):
+        assert main(args + ["--runtime", runtime]) == 1  # two inputs skipped
+        out, err = capsys.readouterr()
+        answers[runtime] = json.loads(out)
+        assert f"skipped {tmp_path / 'empty.txt'}: empty text (nothing but whitespace)" in err
+        assert "skipped --text 2: empty text" in err
+    rows = answers["tensorflow"]
+    assert [r["path"] for r in rows] == [str(p) for p in sorted(folder.glob("*.txt"))] + ["--text 1"]
+    assert [r["predictions"][0]["label"] for r in rows] == ["sports"] * 8 + ["weather"]
+    for mine, lite in zip(rows, answers["litert"], strict=True):
+        assert mine["predictions"][0]["label"] == lite["predictions"][0]["label"]
+        assert abs(mine["predictions"][0]["probability"] - lite["predictions"][0]["probability"]) < 1e-4
+
+
+def test_text_on_an_image_model_is_one_clear_line(tmp_path, capsys):
+    model, info = save_colour_model(tmp_path)
+    assert main(["predict", "--text", "hello", "--model", str(model), "--model-info", str(info)]) == 2
+    assert capsys.readouterr().err.strip() == (f"transferkit predict: error: --text needs a text model; {info} "
+                                               f"describes an image model")
