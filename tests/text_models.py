@@ -46,14 +46,17 @@ def tiny_text_model(texts: list[str], labels: list[int], n_classes: int = len(TE
 
     from transferkit.backbones.bert import WindowSettings, encode_texts, load_tokenizer
     from transferkit.deliver.published import assemble_text
+    from transferkit.train.train_head import standardiser
 
     encoder = build_tiny_text_encoder(seed)
     token_ids, padding_mask = encode_texts(texts, load_tokenizer(), WindowSettings(**TINY_WINDOWS))
     embeddings = encoder.predict([token_ids, padding_mask], verbose=0)
-    fit = LogisticRegression(C=1000.0, max_iter=5000).fit(embeddings, labels)
+    # The head standardises the embeddings first, as train_head's does: export must handle that layer too.
+    standardise = standardiser(embeddings, embeddings.shape[1])
+    fit = LogisticRegression(C=1000.0, max_iter=5000).fit(standardise(embeddings).numpy(), labels)
     inputs = keras.Input((embeddings.shape[1],))
     dense = keras.layers.Dense(n_classes, activation="softmax", name="head")
-    head = keras.Model(inputs, dense(inputs))
+    head = keras.Model(inputs, dense(standardise(inputs)))
     dense.set_weights([fit.coef_.T.astype(np.float32), fit.intercept_.astype(np.float32)])
     return assemble_text(encoder, head)
 

@@ -120,8 +120,15 @@ def _with_constant_normalization(model):
     if not any(isinstance(layer, keras.layers.Normalization) for layer in _all_layers(model)):
         return model
     clone = keras.models.clone_model(model, clone_function=replace, recursive=True)
-    clone(np.zeros((1, *model.input_shape[1:]), np.float32))  # Keras exports only a model that has been called
+    clone(_sample_inputs(model))  # Keras exports only a model that has been called
     return clone
+
+
+def _sample_inputs(model):
+    """One item for each of the model's inputs (an image; a text's token ids and mask: one token, one window)."""
+    arrays = [np.ones([1 if size is None else size for size in tensor.shape], dtype=tensor.dtype)
+              for tensor in model.inputs]
+    return arrays[0] if len(arrays) == 1 else arrays
 
 
 def _all_layers(model):
