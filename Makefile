@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test bench ui serve queue sweep finetune-worker lock clean services services-stop postgresql
+.PHONY: install run test bench ui serve queue sweep finetune-worker lock clean services services-stop postgresql browser
 
 install: $(STAMP)
 
@@ -36,7 +36,7 @@ run: install
 	dvc repro
 	@$(BIN)/python scripts/print_summary.py metrics/evaluate.json
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -108,6 +108,14 @@ services: install postgresql
 
 services-stop:
 	@SERVICES_DIR="$(SERVICES_DIR)" scripts/services.sh stop
+
+# Debian's Chromium and its WebDriver for the tests that open a page (tests/browser.py), when missing:
+# browser installers that download a build do not work offline.
+browser:
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { \
+	  echo "installing headless Chromium (apt-get install chromium chromium-driver)" >&2; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq >&2 && $$SUDO apt-get install -y -qq chromium chromium-driver >&2; }
 
 # Debian's PostgreSQL server, when its initdb is missing.
 postgresql:

@@ -209,3 +209,13 @@ def text_exported(tmp_path_factory):
     result = export(manifest, model_path, info_path, root / "export", ExportParams(batch_size=4),
                     registered_model="transferkit-text")
     return root, manifest, model_path, info_path, result
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
+    """One headless Chromium per test process (tests/browser.py); each test opens its own pages in it."""
+    from browser import start_chromium
+
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
+    yield driver
+    driver.quit()
