@@ -6,9 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,7 @@ from transferkit.deliver.published import text_model_info
 from transferkit.deliver.serving import Classifier, ClientError, classify_texts, model_signature, pip_requirements
 
 from conftest import free_port
+from servers import post_json, wait_until_up
 from text_models import text_of
 
 INFO = text_model_info(["a", "b"], "all_minilm_l6_v2", "0" * 64, WindowSettings(16, 4, 3))
@@ -69,25 +67,6 @@ def test_a_request_without_the_text_column_is_a_client_error():
 # ---------------------------------------------------------------- served for real
 
 
-def wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            assert server.poll() is None, f"the server exited ({server.returncode}):\n{log.read_text()[-3000:]}"
-            assert time.time() < deadline, f"{url} did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
-
-
-def post_json(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,6 @@ import shlex
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from transferkit.tracking.executions import stages_run
 
 from conftest import REPO, draw_example, free_port
 from messy_data import OK, UNICODE_CLASS, add_messy_files
+from servers import post_json, wait_until_up
 from tiny_project import BIN, STAGES, commit_all, make_tiny_project, sh
 
 pytestmark = pytest.mark.e2e
@@ -151,26 +150,6 @@ def test_predict_on_new_images(project, first_run, env, tmp_path):
     assert len(as_json) == 1 and 0.0 <= as_json[0]["predictions"][0]["probability"] <= 1.0
 
 
-def wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float) -> None:
-    """Until `url` answers; fails with the server's log if it exits or takes longer than `timeout` s."""
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            assert server.poll() is None, f"the server exited ({server.returncode}):\n{log.read_text()[-3000:]}"
-            assert time.time() < deadline, f"{url} did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}"
-            time.sleep(1)
-
-
-def post_json(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def test_served_model_takes_image_files_and_answers_like_predict(project, first_run, env, tmp_path):

@@ -152,13 +152,7 @@ def extract(manifest_path: str | Path, store_root: str | Path, table_path: str |
         "dtype": plan.policy,
         "runtime": runtime,
     }
-    store, leftovers = EmbeddingStore.open(store_root, spec)
-    for leftover in leftovers:
-        print(f"extract: removed {leftover.name}, a half-written shard of an interrupted run", flush=True)
-
-    # One file per distinct content: duplicates share an embedding.
-    first_path = manifest.drop_duplicates("sha256").set_index("sha256")["path"]
-    todo = store.missing(first_path.index)  # sorted: a resumed run splits shards where an uninterrupted one does
+    store, first_path, todo = _open_store(store_root, spec, manifest)
     print(f"extract: {len(first_path)} distinct images, {len(first_path) - len(todo)} cached, "
           f"{len(todo)} to compute with {backbone_params.name} on {plan.device} ({runtime}, {plan.policy}, "
           f"batch {batch_size})", flush=True)
@@ -179,14 +173,7 @@ def extract(manifest_path: str | Path, store_root: str | Path, table_path: str |
                 writer.add(embeddings)
                 progress.update(len(embeddings))
         writer.close()
-    seconds = time.perf_counter() - started
-    hashes = sorted(first_path.index)
-    write_table(table_path, hashes, store.lookup(hashes), {**spec, "key": store.key})
-    return ExtractResult(
-        key=store.key, embedding_dim=int(model.output_shape[-1]), distinct_images=int(len(first_path)),
-        computed=len(todo), reused=int(len(first_path) - len(todo)), batch_size=batch_size,
-        seconds=round(seconds, 3), warmup_seconds=round(warmup, 3),
-        images_per_second=round(len(todo) / seconds, 2) if todo and seconds > 0 else None)
+    return _finish(table_path, spec, store, first_path, todo, model, batch_size, started, warmup)
 
 
 def _extract_texts(manifest, store_root: str | Path, table_path: str | Path, backbone_params: BackboneParams,
@@ -213,11 +200,7 @@ def _extract_texts(manifest, store_root: str | Path, table_path: str | Path, bac
         "dtype": plan.policy,
         "runtime": "tensorflow",
     }
-    store, leftovers = EmbeddingStore.open(store_root, spec)
-    for leftover in leftovers:
-        print(f"extract: removed {leftover.name}, a half-written shard of an interrupted run", flush=True)
-    first_path = manifest.drop_duplicates("sha256").set_index("sha256")["path"]
-    todo = store.missing(first_path.index)
+    store, first_path, todo = _open_store(store_root, spec, manifest)
     # A batch holds extract.batch_size windows: a document has up to text.max_windows of them.
     window_budget = max(extract_params.batch_size, settings.max_windows)
     print(f"extract: {len(first_path)} distinct texts, {len(first_path) - len(todo)} cached, {len(todo)} to "
@@ -245,12 +228,29 @@ def _extract_texts(manifest, store_root: str | Path, table_path: str | Path, bac
                     progress.update(len(batch))
                 writer.add(out)
         writer.close()
+    return _finish(table_path, spec, store, first_path, todo, model, window_budget, started, warmup,
+                   unit="documents", windows=windows if todo else None)
+
+
+def _open_store(store_root: str | Path, spec: dict, manifest):
+    """The store for `spec` (its half-written shards removed and said), the first path of each distinct content
+    (duplicates share an embedding) and the hashes the store lacks, sorted: a resumed run splits its shards
+    where an uninterrupted one does."""
+    store, leftovers = EmbeddingStore.open(store_root, spec)
+    for leftover in leftovers:
+        print(f"extract: removed {leftover.name}, a half-written shard of an interrupted run", flush=True)
+    first_path = manifest.drop_duplicates("sha256").set_index("sha256")["path"]
+    return store, first_path, store.missing(first_path.index)
+
+
+def _finish(table_path: str | Path, spec: dict, store: EmbeddingStore, first_path, todo: list, model,
+            batch_size: int, started: float, warmup: float, **extra) -> ExtractResult:
+    """Write the manifest's embedding table from the store; the counts and rates of this run."""
     seconds = time.perf_counter() - started
     hashes = sorted(first_path.index)
     write_table(table_path, hashes, store.lookup(hashes), {**spec, "key": store.key})
     return ExtractResult(
         key=store.key, embedding_dim=int(model.output_shape[-1]), distinct_images=int(len(first_path)),
-        computed=len(todo), reused=int(len(first_path) - len(todo)), batch_size=window_budget,
+        computed=len(todo), reused=int(len(first_path) - len(todo)), batch_size=batch_size,
         seconds=round(seconds, 3), warmup_seconds=round(warmup, 3),
-        images_per_second=round(len(todo) / seconds, 2) if todo and seconds > 0 else None,
-        unit="documents", windows=windows if todo else None)
+        images_per_second=round(len(todo) / seconds, 2) if todo and seconds > 0 else None, **extra)

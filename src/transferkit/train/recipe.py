@@ -143,7 +143,8 @@ class Recipe:
 
 def classify(facts: Facts) -> tuple[str, list[str]]:
     size = "small" if facts.per_class < SMALL_PER_CLASS else "large"
-    reasons = [f"{facts.per_class:g} labelled train images per class: {size} "
+    items = "texts" if facts.modality == "text" else "images"
+    reasons = [f"{facts.per_class:g} labelled train {items} per class: {size} "
                f"({'<' if size == 'small' else '>='} {SMALL_PER_CLASS})"]
     if facts.head_val_accuracy is None:
         similarity = "different"
