@@ -33,8 +33,15 @@ def test_ensemble_reloads_with_safe_mode_and_averages_the_branches(branches, tmp
 def test_ties_go_to_the_cheaper_candidate():
     assert choose({"finetuned": 90, "companion": 90, "ensemble": 90}) == "companion"
     assert choose({"head": 88, "companion": 88}) == "head"
-    assert choose({"head": 88, "companion": 87, "ensemble": 89}) == "ensemble"
+    assert choose({"head": 88, "companion": 87, "ensemble": 90}) == "ensemble"
     assert choose({"finetuned": 91, "ensemble": 91}) == "finetuned"
+
+
+def test_a_lead_of_one_val_image_is_a_tie():
+    assert choose({"head": 88, "companion": 87, "ensemble": 89}) == "head"
+    assert choose({"finetuned": 105, "ensemble": 106}) == "finetuned"
+    assert choose({"head": 88, "companion": 90, "ensemble": 91}) == "companion"  # 1 over the companion
+    assert choose({"head": 88, "companion": 89, "ensemble": 90}) == "ensemble"  # 2 over the head
 
 
 def test_the_weight_is_chosen_on_val_accuracy():
