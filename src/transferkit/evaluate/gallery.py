@@ -154,7 +154,8 @@ CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fff; }
 h1 { font-size: 1.5em; margin: 0 0 .3em; } h2 { font-size: 1.2em; margin: 1.4em 0 .4em; }
 h3 { font-size: 1em; margin: .8em 0 .3em; } h3 span, .note { color: #666; font-weight: normal; }
-.cards { display: flex; flex-wrap: wrap; gap: 8px; }
+.groups { display: flex; flex-wrap: wrap; gap: 10px 28px; align-items: flex-start; }
+.groups section { max-width: 100%; } .cards { display: flex; flex-wrap: wrap; gap: 8px; }
 .card { margin: 0; padding: 6px; border: 1px solid #ddd; border-radius: 4px; width: 150px; }
 .card img { display: block; margin: 0 auto 4px; background: #eee; }
 .card pre { white-space: pre-wrap; word-break: break-word; font-size: 11px; max-height: 12em; overflow: hidden;
@@ -209,16 +210,19 @@ def render_html(gallery: Gallery, classes: list[str], media: Callable[[int], str
              "<h2>Confused pairs</h2>"]
     if gallery.groups:
         parts.append(f'<p class="note">The {_plural(gallery.shown, "most confidently wrong " + noun)}, grouped '
-                     f'by confused pair (true &rarr; predicted), the pair with the most wrong test {noun}s first; '
-                     f'each with the predicted probability and the runner-up.</p>')
+                     f'by confused pair (true &rarr; predicted; how many test {noun}s it has wrong), the most frequent '
+                     f'pair first; each with the predicted probability and the runner-up.</p>')
     else:
         parts.append(f'<p class="note">No wrong test {noun} to show.</p>')
+    parts.append('<div class="groups">')  # small groups side by side: a one-item pair takes no whole row
     for group in gallery.groups:
+        shown = "" if len(group.items) == group.wrong else f", {len(group.items)} shown"
         parts.append(f'<section class="pair"><h3>{_label(classes, group.true)} &rarr; '
-                     f'{_label(classes, group.predicted)} <span>{_plural(group.wrong, "wrong test " + noun)}, '
-                     f'{len(group.items)} shown</span></h3><div class="cards">')
+                     f'{_label(classes, group.predicted)} <span>{group.wrong} wrong{shown}</span></h3>'
+                     '<div class="cards">')
         parts += [_error_card(item, classes, media_of(item)) for item in group.items]
         parts.append("</div></section>")
+    parts.append("</div>")
 
     parts.append("<h2>Per class</h2>")
     left_out = []
@@ -229,11 +233,13 @@ def render_html(gallery: Gallery, classes: list[str], media: Callable[[int], str
     parts.append(f'<p class="note">Each class\'s recall and its {gallery.strip_items} worst test {noun}s '
                  f'(lowest probability of the true class), lowest recall first'
                  f'{"; " + "; ".join(left_out) if left_out else ""}.</p>')
+    parts.append('<div class="groups">')
     for strip in gallery.strips:
         parts.append(f'<section class="strip"><h3>{_label(classes, strip.label)} <span>recall {strip.recall:.3f} '
                      f'({strip.correct}/{strip.support})</span></h3><div class="cards">')
         parts += [_strip_card(item, classes, media_of(item)) for item in strip.worst]
         parts.append("</div></section>")
+    parts.append("</div>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
