@@ -210,8 +210,8 @@ def render_html(gallery: Gallery, classes: list[str], media: Callable[[int], str
              "<h2>Confused pairs</h2>"]
     if gallery.groups:
         parts.append(f'<p class="note">The {_plural(gallery.shown, "most confidently wrong " + noun)}, grouped '
-                     f'by confused pair (true &rarr; predicted; how many test {noun}s it has wrong), the most frequent '
-                     f'pair first; each with the predicted probability and the runner-up.</p>')
+                     f'by confused pair (true &rarr; predicted, and how many test {noun}s were confused so), the most '
+                     f'frequent pair first; each with the predicted probability and the runner-up.</p>')
     else:
         parts.append(f'<p class="note">No wrong test {noun} to show.</p>')
     parts.append('<div class="groups">')  # small groups side by side: a one-item pair takes no whole row
