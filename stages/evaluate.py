@@ -14,6 +14,7 @@ def main() -> None:
     parser.add_argument("--confusion-csv", required=True, help="DVC confusion-matrix plot data")
     parser.add_argument("--predictions", required=True, help="CSV of every test prediction")
     parser.add_argument("--errors", required=True, help="CSV of the most confidently wrong test items")
+    parser.add_argument("--errors-html", required=True, help="the error gallery: the same mistakes as thumbnails")
     parser.add_argument("--confusion-png", required=True)
     parser.add_argument("--calibration-png", required=True)
     parser.add_argument("--curves-png", required=True)

@@ -199,6 +199,8 @@ class EvaluateParams(Section):
                                              "pixels, kNN on the embeddings); the best on val is scored on test")
     baseline_max_train: int = Field(2000, ge=1, description="train images the baselines are fitted on at most (and "
                                                              "as many val images), drawn per class with data.seed")
+    gallery_size: int = Field(48, ge=0, le=1000, description="the most confidently wrong test items shown in "
+                                                             "plots/errors.html (0: none, the per-class strips only)")
 
 
 class ExportParams(Section):

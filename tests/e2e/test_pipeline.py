@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from transferkit.tracking.executions import stages_run
 
+from browser import console_errors
 from conftest import REPO, draw_example, free_port
 from messy_data import OK, UNICODE_CLASS, add_messy_files
 from servers import post_json, wait_until_up
@@ -83,7 +85,8 @@ def test_full_pipeline_produces_model_metrics_and_plots(project, first_run, env)
     listed = {r["path"].removeprefix("data/tiny/"): r["reason"] for r in report["rejected"] + report["skipped"]}
     assert set(listed) == {name for name, outcome in MESSY.items() if outcome != OK}
     assert "Traceback" not in first_run.stdout + first_run.stderr
-    for name in ("confusion.png", "calibration.png", "curves.png", "confusion.csv", "train_head.csv", "finetune.csv"):
+    for name in ("confusion.png", "calibration.png", "curves.png", "confusion.csv", "train_head.csv", "finetune.csv",
+                 "errors.html"):
         assert (project / "plots" / name).stat().st_size > 0, name
     assert (project / "models" / "model.keras").exists()
     for name in ("saved_model/saved_model.pb", "model.tflite", "model.onnx", "model.onnx.json"):
@@ -114,7 +117,7 @@ def test_mlflow_has_parent_and_child_runs(project, first_run):
     head_run = next(r for r in children if r.info.run_name == "train_head")
     assert len(client.get_metric_history(head_run.info.run_id, "val_loss")) >= 2  # a curve, not a point
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert "plots/confusion.png" in artifacts
+    assert {"plots/confusion.png", "plots/errors.html"} <= artifacts
     versions = client.search_model_versions("name='transferkit'")
     assert versions and versions[0].run_id == parent.info.run_id
     assert "export.onnx.max_abs_diff" in parent.data.metrics
@@ -128,6 +131,102 @@ def test_mlflow_has_parent_and_child_runs(project, first_run):
         time.sleep(1)
     lock = hashlib.sha256((project / "dvc.lock").read_bytes()).hexdigest()
     assert client.get_run(parent.info.run_id).data.tags["dvc.lock.sha256"] == lock
+
+
+# What the MLflow UI shows in place of a page when something failed (strings of its 3.17 bundle).
+UI_ERRORS = ("Something went wrong", "An error occurred", "Page Not Found", "does not exist", "Error loading",
+             "Failed to load", "Request error", "Oops")
+TEST_OUTPUT = REPO / "test-output"  # git-ignored: screenshots for a person to look at
+
+
+def ui_page(driver, url: str, ready, shot: str, focus: str | None = None, timeout: float = 120) -> str:
+    """Open `url`, wait until the page's text satisfies `ready` (or shows an error), scroll the element whose
+    text is `focus` into view, screenshot the page into TEST_OUTPUT/`shot`; returns the page's text, having
+    checked it shows no error."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def text(d) -> str:
+        return d.execute_script("return document.body ? document.body.innerText : ''")
+
+    driver.get(url)
+    try:
+        try:
+            WebDriverWait(driver, timeout, poll_frequency=1).until(
+                lambda d: ready(text(d)) or any(e in text(d) for e in UI_ERRORS))
+        except TimeoutException:
+            pytest.fail(f"{url}: not shown within {timeout:.0f} s; the page says:\n{text(driver)[:2000]}")
+        for element in driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{focus}']")[:1] if focus else []:
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    finally:
+        TEST_OUTPUT.mkdir(exist_ok=True)
+        driver.save_screenshot(str(TEST_OUTPUT / shot))
+        print(f"screenshot: {TEST_OUTPUT / shot}")
+    shown = text(driver)
+    assert not [e for e in UI_ERRORS if e in shown], f"{url} shows an error:\n{shown[:2000]}"
+    return shown
+
+
+def test_the_mlflow_ui_shows_the_runs_the_test_accuracy_and_the_error_gallery(project, first_run, env, chromium,
+                                                                               tmp_path):
+    """The MLflow UI (`make ui`'s command) on the finished run, seen in headless Chromium: the training-runs view
+    lists the pipeline's run, the parent run's page shows its test accuracy (read from the page's metrics, not
+    the runs table, whose columns are a per-browser setting), and plots/errors.html opens in the artifact view
+    with every thumbnail decoded. Screenshots in test-output/."""
+    from selenium.webdriver.common.by import By
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("transferkit")
+    parent = next(r for r in client.search_runs([experiment.experiment_id])
+                  if r.data.tags.get("transferkit.stage") == "pipeline")
+    accuracy = parent.data.metrics["test_accuracy"]
+
+    port = free_port()
+    log = tmp_path / "ui.log"
+    with open(log, "w") as sink:  # as `make ui`, on one worker
+        server = subprocess.Popen(
+            ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1"], cwd=project,
+            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}"
+    # The Makefile's UI_URL parameter: MLflow 3.17 otherwise shows an experiment in its GenAI view.
+    training = "?workflowType=machine_learning"
+    size = chromium.get_window_size()
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", server, log, 180)
+        chromium.set_window_size(1600, 1000)  # room for the runs table beside MLflow's assistant panel
+        chromium.get_log("browser")  # this test's console only
+        runs = ui_page(chromium, f"{base}/runs{training}", lambda text: parent.info.run_name in text,
+                       "mlflow-training-runs.png")
+        assert parent.info.run_name in runs, f"the runs list does not show {parent.info.run_name}:\n{runs[:2000]}"
+        matching = re.search(r"(\d+)\s+matching runs?", runs)
+        assert matching is None or int(matching.group(1)) > 0, runs[:2000]
+
+        page = ui_page(chromium, f"{base}/runs/{parent.info.run_id}{training}", lambda text: "test_accuracy" in text,
+                       "mlflow-parent-run.png", focus="test_accuracy")
+        lines = [line.strip() for line in page.splitlines()]
+        assert "test_accuracy" in lines, f"the parent run's page has no test_accuracy:\n{page[:3000]}"
+        shown = lines[lines.index("test_accuracy") + 1]
+        assert abs(float(shown) - accuracy) < 1e-6, f"test_accuracy shown {shown}, logged {accuracy}"
+
+        ui_page(chromium, f"{base}/runs/{parent.info.run_id}/artifacts/plots/errors.html{training}",
+                lambda text: "plots/errors.html" in text and bool(chromium.find_elements(By.TAG_NAME, "iframe")),
+                "mlflow-errors-html.png")
+        chromium.switch_to.frame(chromium.find_element(By.TAG_NAME, "iframe"))
+        try:
+            gallery = chromium.execute_script(
+                "return [document.title, Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)]")
+        finally:
+            chromium.switch_to.default_content()
+        assert gallery[0] == "Test errors" and gallery[1] and all(gallery[1]), gallery
+        server_errors = [m for m in console_errors(chromium) if "status of 5" in m]
+        assert not server_errors, server_errors
+    finally:
+        chromium.set_window_size(size["width"], size["height"])
+        os.killpg(server.pid, 15)  # the server and its uvicorn worker
+        server.wait(timeout=30)
 
 
 def test_second_repro_runs_nothing(project, first_run, env):

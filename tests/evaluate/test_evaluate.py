@@ -14,6 +14,7 @@ from conftest import DEFAULT_CLASSES, colour_model, prepare_into, save_colour_mo
 def outputs_in(folder) -> EvaluateOutputs:
     return EvaluateOutputs(confusion_csv=folder / "confusion.csv",
                            predictions=folder / "predictions.csv", errors=folder / "errors.csv",
+                           errors_html=folder / "errors.html",
                            confusion_png=folder / "confusion.png",
                            calibration_png=folder / "calibration.png", curves_png=folder / "curves.png")
 
@@ -32,7 +33,9 @@ def test_scores_the_test_split_and_writes_every_output(image_folder, tmp_path):
     assert report["test_images"] == len(test) == 6 and report["accuracy"] == 1.0
     assert json.loads(json.dumps(result.metrics_file())) == report  # the metrics file the runner writes
     assert result.parent_metrics()["test_accuracy"] == 1.0
-    assert result.metrics_to_parent and {a.path for a in result.attachments()} >= {out.confusion_png, info_path}
+    assert result.metrics_to_parent and {a.path for a in result.attachments()} >= {out.confusion_png, info_path,
+                                                                                   out.errors_html}
+    assert out.errors_html.read_text(encoding="utf-8").count("<img") == 6  # no error: each test image in its strip
     predictions = pd.read_csv(out.predictions)
     assert sorted(predictions["path"]) == sorted(test["path"])
     assert (predictions["actual"] == predictions["predicted"]).all()

@@ -16,7 +16,8 @@ def outputs_in(folder):
     from transferkit.evaluate.evaluate import EvaluateOutputs
 
     return EvaluateOutputs(confusion_csv=folder / "confusion.csv", predictions=folder / "predictions.csv",
-                           errors=folder / "errors.csv", confusion_png=folder / "confusion.png",
+                           errors=folder / "errors.csv", errors_html=folder / "errors.html",
+                           confusion_png=folder / "confusion.png",
                            calibration_png=folder / "calibration.png", curves_png=folder / "curves.png")
 
 
@@ -39,6 +40,8 @@ def test_a_text_model_is_scored_with_the_tfidf_baseline_and_no_tta(project, tmp_
     assert tmp_path / "errors.csv" in [a.path for a in result.attachments()]
     errors = pd.read_csv(tmp_path / "errors.csv")
     assert list(errors.columns) == ["path", "actual", "predicted", "probability", "text"] and errors.empty
+    page = (tmp_path / "errors.html").read_text(encoding="utf-8")  # nothing wrong: the per-class strips, snippets
+    assert "No wrong test text to show" in page and page.count("<pre") == 6 and "<img" not in page
 
 
 def test_the_errors_file_has_the_most_confidently_wrong_texts_first(project):

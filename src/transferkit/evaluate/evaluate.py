@@ -21,7 +21,10 @@ baseline's, and a line says so in plain words when the model loses.
 The most confidently wrong test items are written to `errors` (plots/errors.csv
 in dvc.yaml; logged to MLflow beside the plots): path, true and predicted
 label, the predicted probability, and for a text model the first
-ERROR_TEXT_CHARS characters of the text, most confident first.
+ERROR_TEXT_CHARS characters of the text, most confident first. The same
+mistakes as a page to look at (gallery.py: thumbnails grouped by confused
+pair, a strip per class) go to `errors_html` (plots/errors.html, logged to
+MLflow too, where the artifact view shows it).
 
 A text model (ModelInfo.modality "text") goes through the same path: its test
 texts are read by data.texts.load_text and tokenized as the model says
@@ -45,6 +48,7 @@ from transferkit.deliver.published import load_published
 from transferkit.embeddings.table import EmbeddingTable, read_table
 from transferkit.errors import TransferkitError
 from transferkit.evaluate.baselines import BaselineResult, fit_baseline
+from transferkit.evaluate.gallery import write_gallery
 from transferkit.evaluate.metrics import classification_report
 from transferkit.evaluate.plots import calibration_png, confusion_png, curves_png
 from transferkit.files import atomic_path
@@ -63,6 +67,7 @@ class EvaluateOutputs:
     confusion_csv: Path  # actual,predicted per test image: DVC's confusion-matrix plot data
     predictions: Path  # path,actual,predicted,confidence per test image, for error analysis
     errors: Path  # the most confidently wrong test items (CSV): path,actual,predicted,probability[,text]
+    errors_html: Path  # the error gallery: the most confidently wrong test items as thumbnails (or snippets)
     confusion_png: Path
     calibration_png: Path
     curves_png: Path
@@ -109,7 +114,8 @@ class EvaluateResult(StageResult):
     def attachments(self) -> list[Attachment]:
         plots = [Attachment(path, "plots", parent=True) for path in (self.outputs.confusion_png,
                                                                     self.outputs.calibration_png,
-                                                                    self.outputs.curves_png, self.outputs.errors)]
+                                                                    self.outputs.curves_png, self.outputs.errors,
+                                                                    self.outputs.errors_html)]
         return [*plots, *(Attachment(path, parent=True) for path in self.attached)]
 
     def check(self) -> None:
@@ -191,6 +197,8 @@ def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str |
                       "confidence": probs.max(axis=1)}).to_csv(tmp, index=False)
     with atomic_path(outputs.errors) as tmp:
         confident_errors(test["path"].to_numpy(), y_true, probs, classes, info.modality).to_csv(tmp, index=False)
+    write_gallery(outputs.errors_html, test["path"].tolist(), y_true, probs, classes, info.modality,
+                  params.gallery_size)
     confusion_png(report.confusion, classes, outputs.confusion_png,
                   f"Test confusion matrix (accuracy {report.summary['accuracy']:.3f})")
     calibration_png(report.calibration, outputs.calibration_png, report.summary["ece"])
