@@ -295,7 +295,8 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     run_inputs = {  # what a fine-tune's checkpoints belong to
         "head": hashlib.sha256(Path(head_path).read_bytes()).hexdigest(),
         "manifest": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(),
-        "backbone": fingerprint, "params": params.model_dump(), "recipe": recipe.as_dict(),
+        # refit excluded: the val run is the same either way (the refit's own run adds it)
+        "backbone": fingerprint, "params": params.model_dump(exclude={"refit"}), "recipe": recipe.as_dict(),
         "image_size": backbone_params.image_size, "seed": seed, "policy": plan.policy,
         **({"text": text.info()} if text else {}),
     }
