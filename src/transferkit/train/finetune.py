@@ -290,7 +290,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
 
     # 3. Training (all but the head strategy), then 4. the best on val is published.
     history: list[dict] = []
-    ckpt = None
+    ckpt = refit_ckpt = None
     published, why = "head", "strategy head: the head on the frozen backbone, no fine-tuning"
     run_inputs = {  # what a fine-tune's checkpoints belong to
         "head": hashlib.sha256(Path(head_path).read_bytes()).hexdigest(),
@@ -348,7 +348,7 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
         print("finetune: refit: skipped: no val split, so nothing to add to the training data", flush=True)
     elif params.refit:  # 5. every choice is made: train the chosen candidate again on train + val
         both = manifest[manifest["split"].isin(["train", "val"])]
-        refitted, epochs, steps = _refit(
+        refitted, epochs, steps, refit_ckpt = _refit(
             published, transfer, summary, manifest_path, both, table, recipe, backbone_params, params, head_params,
             companion_params, head_history, companion_path, seed, Path(checkpoint_dir), run_inputs, len(classes),
             cluster, strategy, tracker, text)
@@ -377,8 +377,9 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
                          refit_steps=result.refit_steps)
     save_published(model, info, model_path, info_path)
     write_history(history, history_path)
-    if ckpt is not None:
-        ckpt.clear()  # done: a later run with the same inputs must train, not resume a finished run
+    for done in (ckpt, refit_ckpt):  # a later run with the same inputs must train, not resume a finished run
+        if done is not None:
+            done.clear()
     return result
 
 
@@ -408,11 +409,12 @@ def _refit(published: str, transfer: str, summary: dict, manifest_path, both, ta
            companion_params: CompanionParams | None, head_history, companion_path, seed: int, checkpoint_dir: Path,
            run_inputs: dict, n_classes: int, cluster, strategy, tracker, text: TextInputs | None):
     """(the published candidate trained again on `both`, train + val; the epochs and the optimizer steps of
-    each branch retrained). Nothing is chosen here: `published`, its transfer branch (`transfer`: head or
-    finetuned), the companion's weight and every epoch count were chosen on val. Another worker than the chief
-    trains the fine-tune with the chief and returns None as the model."""
+    each branch retrained; the fine-tune refit's checkpoints, cleared once the model is published). Nothing
+    is chosen here: `published`, its transfer branch (`transfer`: head or finetuned), the companion's weight
+    and every epoch count were chosen on val. Another worker than the chief trains the fine-tune with the
+    chief and returns None as the model."""
     epochs, steps = {}, {}
-    model = head = None
+    model = head = ckpt = None
     if published in ("head", "finetuned", "ensemble"):  # the transfer branch: the head first, seconds
         epochs["head"] = best_head_epochs(head_history)
         head, steps["head"] = refit_head(table.rows(both["sha256"].tolist()), both["label_index"].to_numpy(np.int32),
@@ -441,16 +443,15 @@ def _refit(published: str, transfer: str, summary: dict, manifest_path, both, ta
                    text=text, stop=epochs["finetuned"])
             model.set_weights(trained.get_weights())
         steps["finetuned"] = epochs["finetuned"] * per_epoch
-        ckpt.clear()
     if not cluster.chief:
-        return None, epochs, steps
+        return None, epochs, steps, ckpt
     if published in ("companion", "ensemble"):  # on the chief alone, as the companion stage trains it
         companion, epochs["companion"], steps["companion"], _ = refit_companion(
             manifest_path, companion_path, checkpoint_dir, companion_params, seed, Renamed(tracker, "refit_companion_"))
         image_size = backbone_params.image_size
         model = (candidates.at_input(companion, image_size) if published == "companion" else
                  candidates.ensemble(model, companion, image_size, summary["companion_weight"]))
-    return model, epochs, steps
+    return model, epochs, steps, ckpt
 
 
 def _build(backbone_params: BackboneParams, head, seed: int):
