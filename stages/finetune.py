@@ -11,6 +11,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="output .keras file (pixels -> probabilities)")
     parser.add_argument("--model-info", required=True, help="output JSON describing the model (classes, input)")
     parser.add_argument("--companion", help="the companion stage's folder: a candidate when it holds a model")
+    parser.add_argument("--head-history", help="train_head's history CSV: its best epoch count (finetune.refit)")
     parser.add_argument("--history", required=True)
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--checkpoints", required=True,
@@ -24,7 +25,8 @@ def main() -> None:
     stage.run_stage("finetune", args, lambda params, tracker: finetune(
         args.manifest, args.embeddings, args.head, args.model, args.model_info, args.history, args.checkpoints,
         params.backbone, params.finetune, params.data.seed, tracker=tracker, companion_path=args.companion,
-        text_params=params.text),
+        text_params=params.text, head_params=params.head, companion_params=params.companion,
+        head_history=args.head_history),
         metrics=args.metrics, record=cluster_from_env().chief)
 
 

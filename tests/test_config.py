@@ -33,6 +33,8 @@ def test_defaults_are_used_for_missing_sections():
     ({"data": {"test_fraction": 1.5}}, "data.test_fraction: Input should be less than 1"),
     ({"backbone": {"name": "resnet9000"}}, "backbone.name: Input should be 'efficientnet_lite0'"),
     ({"finetune": {"flip": "maybe"}}, "finetune.flip: Input should be a valid boolean"),
+    ({"finetune": {"refit": "maybe"}}, "finetune.refit: Input should be a valid boolean"),
+    ({"finetune": {"refit": 2}}, "finetune.refit: Input should be a valid boolean"),
     ({"finetune": {"strategy": "deep"}},
      "finetune.strategy: Input should be 'auto', 'head', 'top', 'full' or 'gradual'"),
     ({"finetune": {"unfreeze": 20}}, "finetune.unfreeze: unknown key; allowed here: strategy, blocks"),
@@ -87,6 +89,12 @@ def test_recipe_knobs_default_to_null_so_the_recipe_fills_them():
     assert finetune.strategy == "auto"
     assert all(getattr(finetune, k) is None for k in ("blocks", "epochs", "learning_rate", "layer_decay", "warmup",
                                                       "weight_decay", "label_smoothing", "clip_norm", "flip"))
+
+
+def test_the_refit_is_off_by_default():
+    """finetune.refit did not pay on the measured sets (README "Budget"): off in code and in params.yaml."""
+    assert parse_params({}).finetune.refit is False
+    assert load_params(REPO / "params.yaml").finetune.refit is False
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -34,7 +34,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "extract": ("backbone", "extract", "text", "data.seed"),
     "train_head": ("head", "data.seed"),
     "companion": ("companion", "data.seed"),
-    "finetune": ("backbone", "finetune", "text", "data.seed"),
+    "finetune": ("backbone", "finetune", "text", "head", "companion", "data.seed"),  # head, companion: the refit
     "evaluate": ("evaluate", "data.seed"),
     "export": ("export",),
 }
@@ -169,6 +169,8 @@ class FinetuneParams(Section):
     batch_size: int = Field(32, ge=1)
     patience: int | None = Field(None, ge=1, description="epochs without val improvement before stopping; "
                                                           "null: half the planned epochs, at least 3")
+    refit: bool = Field(False, description="once everything is chosen on val, train the chosen candidate again on "
+                                           "train + val for its best epoch count, and publish that")
 
 
 class CompanionParams(Section):

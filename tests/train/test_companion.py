@@ -3,6 +3,7 @@
 import json
 
 import keras
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -95,3 +96,20 @@ def test_text_data_get_no_companion_and_say_why(tmp_path):
                        CompanionParams(strategy="on"), seed=0)
     assert not result.trained and "texts" in result.why
     assert read_companion(tmp_path / "out")[0] is None
+
+
+def test_a_refit_trains_again_from_scratch_on_train_and_val_for_the_best_epoch_count(prepared, tmp_path):
+    from transferkit.train.companion import refit_companion
+
+    params = CompanionParams(epochs=3, width=4, batch_size=8)
+    companion(prepared, tmp_path / "out", tmp_path / "h.csv", tmp_path / "ckpt", params, seed=0)
+    best = json.loads((tmp_path / "out" / INFO_FILE).read_text())["best_epoch"]
+    manifest = pd.read_parquet(prepared)
+    both = int(manifest["split"].isin(["train", "val"]).sum())
+    model, epochs, steps, items = refit_companion(prepared, tmp_path / "out", tmp_path / "ckpt", params, seed=0)
+    assert (epochs, items, steps) == (best + 1, both, (best + 1) * -(-both // 8))
+    assert model.input_shape == (None, 24, 24, 3)
+    again, *_ = refit_companion(prepared, tmp_path / "out", tmp_path / "ckpt", params, seed=0)
+    for a, b in zip(model.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "ckpt").exists()

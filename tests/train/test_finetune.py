@@ -200,3 +200,101 @@ def test_a_companion_competes_and_what_is_published_is_what_was_chosen(trained_h
     assert ("weighted_average" in names) is (result.published == "ensemble")
     assert ("to_companion_side" in names) is (result.published in ("companion", "ensemble"))
     assert json.loads((root / "with.json").read_text())["candidate"] == result.published
+
+
+def weakened_head(root):
+    """The head with its output layer zeroed (uniform probabilities): a fine-tune beats it on val."""
+    if not (root / "head-weak.keras").exists():
+        head = keras.saving.load_model(root / "head.keras", safe_mode=True)
+        output = head.get_layer("head_output")
+        output.set_weights([np.zeros_like(w) for w in output.get_weights()])
+        head.save(root / "head-weak.keras")
+    return "head-weak.keras"
+
+
+class StopInTheRefit:
+    """Stands in for the MLflow tracker: interrupts the refit (its logs are named refit_*) after its first epoch."""
+
+    def keras_callback(self):
+        class _Stop(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if "refit_loss" in (logs or {}):
+                    raise KeyboardInterrupt
+
+        return _Stop()
+
+
+def run_refit(root, name, params, tracker=None, head="head.keras", companion=None):
+    from transferkit.config import CompanionParams
+
+    return finetune(root / "prepared" / "manifest.parquet", root / "embeddings.npz", root / head,
+                    root / f"{name}.keras", root / f"{name}.json", root / f"{name}.csv", root / f"ckpt-{name}",
+                    BACKBONE, params, SEED, tracker=tracker, companion_path=companion, head_params=REFIT_HEAD,
+                    companion_params=CompanionParams(epochs=3, width=4, batch_size=8), head_history=root / "head.csv")
+
+
+REFIT_HEAD = HeadParams(epochs=100, patience=100, learning_rate=0.01)  # what trained the fixture's head
+
+
+def standardiser_mean(model) -> np.ndarray:
+    return np.asarray(model.get_layer("head").get_layer("head_standardise").mean).ravel()
+
+
+def test_a_refit_finetune_trains_on_train_and_val_and_resumes_after_an_interruption(trained_head, capsys):
+    from transferkit.deliver.published import load_published
+    from transferkit.embeddings.table import read_table
+
+    root = trained_head
+    params = FinetuneParams(strategy="top", blocks=1, epochs=2, patience=5, flip=False, learning_rate=0.01,
+                            refit=True)
+    with pytest.raises(KeyboardInterrupt):
+        run_refit(root, "refit", params, tracker=StopInTheRefit(), head=weakened_head(root))
+    assert not (root / "refit.keras").exists()  # nothing published from an unfinished refit
+    assert len(list((root / "ckpt-refit").glob("*/state.json"))) == 2  # the val run's and the refit's
+    capsys.readouterr()
+    result = run_refit(root, "refit", params, head=weakened_head(root))
+    assert "resuming after epoch 0" in capsys.readouterr().out
+    manifest = pd.read_parquet(root / "prepared" / "manifest.parquet")
+    both = manifest[manifest["split"].isin(["train", "val"])]
+    assert result.published == "finetuned" and result.refit and result.refit_items == len(both)
+    assert result.refit_epochs == {"head": pd.read_csv(root / "head.csv")["val_loss"].idxmin() + 1,
+                                   "finetuned": result.best_epoch + 1}
+    per_epoch = -(-len(both) // 32)
+    assert result.refit_steps == result.refit_epochs["head"] * per_epoch + (result.best_epoch + 1) * per_epoch
+    assert "refitted on" in result.published_why and "pre-refit" in result.published_why
+    model, info = load_published(root / "refit.keras", root / "refit.json")
+    assert (info.candidate, info.refit, info.refit_steps) == ("finetuned", True, result.refit_steps)
+    # The refit started from a head standardised on train + val: it saw the val images.
+    table = read_table(root / "embeddings.npz")
+    np.testing.assert_allclose(standardiser_mean(model), table.rows(both["sha256"].tolist()).mean(0), rtol=1e-4,
+                               atol=1e-4)
+    assert not (root / "ckpt-refit").exists()  # both runs cleared once published
+
+
+def test_a_refit_keeps_the_kind_chosen_on_val(trained_head):
+    """Nothing is chosen again: the refit publishes the candidate kind and weight the run without it publishes.
+    (Each branch's refit is deterministic: test_train_head.py, test_companion.py.)"""
+    from transferkit.config import CompanionParams
+    from transferkit.train.companion import companion
+
+    root = trained_head
+    if not (root / "companion").exists():
+        companion(root / "prepared" / "manifest.parquet", root / "companion", root / "companion.csv",
+                  root / "ckpt-companion", CompanionParams(epochs=3, width=4, batch_size=8), SEED)
+    kept = run_refit(root, "kept", FinetuneParams(strategy="head"), companion=root / "companion")
+    first = run_refit(root, "refit1", FinetuneParams(strategy="head", refit=True), companion=root / "companion")
+    assert not kept.refit and kept.refit_steps is None
+    assert json.loads((root / "kept.json").read_text())["refit"] is False
+    assert (first.published, first.companion_weight) == (kept.published, kept.companion_weight)
+    branches = {"head": {"head"}, "companion": {"companion"}, "ensemble": {"head", "companion"}}[first.published]
+    assert set(first.refit_epochs) == branches
+    assert json.loads((root / "refit1.json").read_text())["candidate"] == first.published
+    a, c = (keras.saving.load_model(root / f"{name}.keras", safe_mode=True) for name in ("refit1", "kept"))
+    assert any(not np.array_equal(x, y) for x, y in zip(a.get_weights(), c.get_weights(), strict=True))
+
+
+def test_a_refit_needs_the_head_params_and_history(trained_head):
+    from transferkit.errors import TransferkitError
+
+    with pytest.raises(TransferkitError, match="finetune.refit: the refit needs the head's params"):
+        run_finetune(trained_head, "nothing", FinetuneParams(strategy="head", refit=True))

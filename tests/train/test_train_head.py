@@ -4,7 +4,7 @@ import pandas as pd
 from transferkit.config import HeadParams
 from transferkit.embeddings.table import write_table
 from transferkit.train.common import class_weights
-from transferkit.train.train_head import build_head, standardiser, train_head
+from transferkit.train.train_head import best_head_epochs, build_head, refit_head, standardiser, train_head
 
 
 def test_balanced_class_weights():
@@ -97,3 +97,25 @@ def test_non_finite_embeddings_are_refused(tmp_path):
     with pytest.raises(TransferkitError, match="NaN or infinite"):
         train_head(manifest, tmp_path / "embeddings.npz", tmp_path / "head.keras", tmp_path / "history.csv",
                    HeadParams(epochs=3), seed=0)
+
+
+def test_best_head_epochs_counts_up_to_the_first_lowest_val_loss(tmp_path):
+    pd.DataFrame({"epoch": range(5), "loss": [5, 4, 3, 2, 1], "accuracy": [0.5] * 5,
+                  "val_loss": [3.0, 2.0, 1.0, 1.5, 1.0], "val_accuracy": [0.5] * 5}).to_csv(tmp_path / "h.csv")
+    assert best_head_epochs(tmp_path / "h.csv") == 3
+
+
+def test_refit_head_learns_what_only_the_added_items_show_and_is_deterministic():
+    """Class 2 appears only among the added (val) items: a head refitted on train + val predicts it."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 3
+    labels = np.repeat([0, 1, 2], 12)
+    x = (centres[labels] + rng.normal(size=(36, 16))).astype(np.float32)
+    params = HeadParams(learning_rate=0.01)
+    added = labels == 2  # train holds classes 0 and 1 only; val adds class 2
+    refitted, steps = refit_head(x, labels, 3, params, seed=0, epochs=30)
+    assert steps == 30 * 2  # 36 items in batches of 32: 2 steps an epoch
+    assert (refitted.predict(x[added], verbose=0).argmax(1) == 2).mean() > 0.9
+    again, _ = refit_head(x, labels, 3, params, seed=0, epochs=30)
+    for a, b in zip(refitted.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

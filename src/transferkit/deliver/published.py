@@ -38,6 +38,8 @@ class ModelInfo:
     # and the sha256 of the tokenizer.json the token ids come from
     text: dict | None = None
     tokenizer_sha256: str | None = None
+    refit: bool = False  # finetune.refit: trained again on train + val after every choice was made on val
+    refit_steps: int | None = None  # the refit's optimizer steps (all branches)
 
     def window_settings(self):
         """The text model's bert.WindowSettings (what every consumer tokenizes with)."""

@@ -90,6 +90,10 @@ class EvaluateResult(StageResult):
         items = "texts" if self.modality == "text" else "images"
         lines = [f"test accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f} on {s['test_images']} {items}"
                  f"{' (with TTA)' if s['tta'] else ''}"]
+        if s.get("refit"):
+            lines.append(f"the published {s['published']} was refitted on train + val (finetune.refit) after every "
+                         f"choice was made on val: this test figure is the refitted model's, its val figures in "
+                         f"metrics/finetune.json are the pre-refit ones")
         if "head_only_accuracy" in s:
             lines.append(f"head-only model (frozen backbone + head) {s['head_only_accuracy']:.4f}: fine-tuning "
                          f"bought {s['finetune_gain'] * 100:+.2f} points")
@@ -172,6 +176,7 @@ def evaluate(manifest_path: str | Path, model_path: str | Path, info_path: str |
     report = classification_report(probs, y_true, classes, params.calibration_bins)
     report.summary["tta"] = tta
     report.summary["published"] = info.candidate or "unknown"  # which candidate finetune published, for the summary
+    report.summary["refit"] = info.refit  # finetune.refit: trained again on train + val after the choice on val
     plain_accuracy = float((predictions.plain.argmax(axis=1) == y_true).mean())
     if tta:
         report.summary["accuracy_without_tta"] = plain_accuracy

@@ -18,6 +18,9 @@ that can pay, this stage trains one, and `finetune` lets it compete on val
 - Early stopping on val (best epoch kept), per-epoch checkpoints a rerun
   resumes from (checkpoints.py), only the chief of a multi-worker cluster
   trains and writes (the network is small: one device is enough).
+- `refit_companion` (finetune.refit, called by `finetune` on the chief when
+  the companion is published, alone or in the ensemble): the same network
+  trained again from scratch on train + val for its best epoch count.
 
 The output is a folder: `companion.json` (trained or not, why, its input
 side, classes) always, and `companion.keras` only when one was trained, so
@@ -163,7 +166,8 @@ def companion(manifest_path: str | Path, out: str | Path, history_path: str | Pa
         return CompanionResult(trained=False, why=why, native_side=native)
 
     side = input_side(native, params)
-    model, ckpt = _fit(manifest, len(classes), side, manifest_path, checkpoint_dir, params, seed, tracker)
+    model, ckpt = _fit(split_of(manifest, "train"), split_of(manifest, "val"), len(classes), side, manifest_path,
+                       checkpoint_dir, params, seed, tracker)
     state = ckpt.state
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     with atomic_path(out / MODEL_FILE) as tmp:
@@ -177,15 +181,30 @@ def companion(manifest_path: str | Path, out: str | Path, history_path: str | Pa
                            val_loss=best.get("val_loss"), parameters=model.count_params())
 
 
-def _fit(manifest, n_classes: int, side: int, manifest_path, checkpoint_dir, params: CompanionParams, seed: int,
-         tracker):
-    """The companion trained by `params`, resuming from a checkpoint; the best epoch's weights."""
+def refit_companion(manifest_path: str | Path, folder: str | Path, checkpoint_dir: str | Path,
+                    params: CompanionParams, seed: int, tracker=None):
+    """finetune.refit: the companion in `folder` trained again from scratch on train + val, with the same
+    params, seed and cosine schedule, for its best epoch count (no early stopping: val is training data now),
+    resuming from a checkpoint. Returns (model, epochs, optimizer steps, items trained on)."""
+    manifest = load_manifest(manifest_path)
+    info = read_json(Path(folder) / INFO_FILE)
+    both = manifest[manifest["split"].isin(["train", "val"])]
+    epochs = int(info["best_epoch"]) + 1
+    model, ckpt = _fit(both, both.iloc[:0], len(classes_of(manifest)), int(info["side"]), manifest_path,
+                       checkpoint_dir, params, seed, tracker, stop=epochs)
+    ckpt.clear()
+    return model, epochs, epochs * math.ceil(len(both) / params.batch_size), len(both)
+
+
+def _fit(train, val, n_classes: int, side: int, manifest_path, checkpoint_dir, params: CompanionParams, seed: int,
+         tracker, stop: int | None = None):
+    """The companion trained by `params` on `train`, resuming from a checkpoint; the best epoch's weights.
+    `stop`: a refit (finetune.refit): train exactly `stop` epochs of the same schedule and keep the last."""
     import keras
     import tensorflow as tf
 
     pin_threads()
     seed_everything(seed)
-    train, val = split_of(manifest, "train"), split_of(manifest, "val")
     model = build_companion(side, n_classes, params.width, params.dropout)
     inputs = keras.Input((side, side, 3), dtype="float32", name="image")
     x = inputs
@@ -208,14 +227,18 @@ def _fit(manifest, n_classes: int, side: int, manifest_path, checkpoint_dir, par
               if len(val) else None)
     inputs_id = run_fingerprint({
         "manifest": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(), "side": side,
-        "params": params.model_dump(), "seed": seed, "what": "companion"})
-    ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", params.patience)
+        "params": params.model_dump(), "seed": seed, "what": "companion", **({"refit": stop} if stop else {})})
+    # A refit never stops early (no val to watch): patience beyond the schedule.
+    ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss",
+                        params.epochs + 1 if stop else params.patience)
     first = ckpt.resume(trainer)
     callbacks = [nan_guard("companion", "companion.learning_rate"), ckpt.callback()]
     if tracker is not None:
         callbacks.append(tracker.keras_callback())
-    if first < params.epochs and not ckpt.state["stopped"]:
-        trainer.fit(train_ds, validation_data=val_ds, epochs=params.epochs, initial_epoch=first,
+    end = stop or params.epochs
+    if first < end and not ckpt.state["stopped"]:
+        trainer.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=first,
                     callbacks=callbacks, shuffle=False, verbose=2)  # tf.data shuffles itself
-    ckpt.restore_best(trainer)
+    if not stop:  # a refit keeps its last epoch: in memory, or loaded by resume() after a kill at the very end
+        ckpt.restore_best(trainer)
     return model, ckpt

@@ -18,6 +18,21 @@
    epochs as if it were one more epoch before them. The published model is
    the best on val (accuracy, then loss) among them, and the summary says
    which and why.
+5. The refit (finetune.refit, off by default): once the candidate, the recipe,
+   the ensemble weight and the epoch counts are chosen on val, the chosen
+   candidate is trained again on train + val, same params and seed, for the
+   epoch count that won on val (no early stopping: val is training data now),
+   and that is published; no choice is revisited. Each branch keeps its own
+   schedule, run up to its best epoch: the head (train_head.refit_head) for
+   train_head's best epoch count, on the train + val embeddings; the fine-tune
+   from that refitted head (as on val: the head it starts from was fitted on
+   the data it fine-tunes on), for its best epoch count, its warmup and cosine
+   decay laid over the planned epochs as before, so each epoch has more steps;
+   the companion (companion.refit_companion) from scratch for its best epoch
+   count; the ensemble: both branches, the val-chosen weight. Checkpoints and
+   resume as in step 3 (a run of its own fingerprint); the companion refits on
+   the chief alone, like the companion stage. The val figures reported are the
+   pre-refit ones.
 
 Texts (a text backbone, backbones/bert.py): the same steps on token ids.
 Each split is read (data.texts.load_text) and tokenised into windows once
@@ -35,6 +50,7 @@ model built in its scope; only the chief writes anything.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import MISSING, dataclass, field, fields
@@ -46,7 +62,7 @@ from transferkit import device
 from transferkit.backbones.bert import pad_windows
 from transferkit.backbones.build import build_backbone, family_of, weights_fingerprint
 from transferkit.backbones.registry import BACKBONES
-from transferkit.config import BackboneParams, FinetuneParams, TextParams
+from transferkit.config import BackboneParams, CompanionParams, FinetuneParams, HeadParams, TextParams
 from transferkit.data.datasets import image_dataset
 from transferkit.data.manifest import classes_of, load_manifest, split_of
 from transferkit.data.texts import load_text
@@ -59,8 +75,10 @@ from transferkit.train import candidates, distributed
 from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
 from transferkit.train.checkpoints import Checkpointer, run_fingerprint
 from transferkit.train.common import nan_guard, write_history
+from transferkit.train.companion import refit_companion
 from transferkit.train.optimizers import compile_finetune, make_optimizer
 from transferkit.train.recipe import Facts, Recipe, resolve
+from transferkit.train.train_head import best_head_epochs, refit_head
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +103,10 @@ class FinetuneResult(StageResult):
     companion: str | None = None  # whether the companion stage trained one, and if not why
     candidates: dict | None = None  # val figures of the transfer model chosen, the companion and the ensemble
     companion_weight: float | None = None  # in the ensemble, chosen on val
+    refit: bool = False  # finetune.refit: the published model was trained again on train + val
+    refit_items: int | None = None  # train + val items the refit trained on
+    refit_steps: int | None = None  # optimizer steps of the refit, every branch of the published model together
+    refit_epochs: dict | None = None  # per branch (head, finetuned, companion): the val-chosen epoch counts rerun
 
     def metrics_file(self) -> dict:
         """Every field; an optional one only when it has a value."""
@@ -213,7 +235,15 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
              model_path: str | Path, info_path: str | Path, history_path: str | Path,
              checkpoint_dir: str | Path, backbone_params: BackboneParams, params: FinetuneParams, seed: int,
              tracker=None, companion_path: str | Path | None = None,
-             text_params: TextParams | None = None) -> FinetuneResult:
+             text_params: TextParams | None = None, head_params: HeadParams | None = None,
+             companion_params: CompanionParams | None = None,
+             head_history: str | Path | None = None) -> FinetuneResult:
+    """`head_params`, `companion_params` and `head_history` (train_head's history CSV) are what the refit
+    (params.refit) trains the head and the companion again with; needed only then."""
+    if params.refit and (head_params is None or head_history is None or
+                         (companion_path is not None and companion_params is None)):
+        raise TransferkitError("finetune.refit: the refit needs the head's params and history (and the companion's "
+                               "params with a companion): pass head_params, head_history and companion_params")
     cluster = distributed.cluster_from_env()
     manifest = load_manifest(manifest_path)
     classes = classes_of(manifest)
@@ -260,17 +290,19 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
 
     # 3. Training (all but the head strategy), then 4. the best on val is published.
     history: list[dict] = []
-    ckpt = None
+    ckpt = refit_ckpt = None
     published, why = "head", "strategy head: the head on the frozen backbone, no fine-tuning"
+    run_inputs = {  # what a fine-tune's checkpoints belong to
+        "head": hashlib.sha256(Path(head_path).read_bytes()).hexdigest(),
+        "manifest": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(),
+        # refit excluded: the val run is the same either way (the refit's own run adds it)
+        "backbone": fingerprint, "params": params.model_dump(exclude={"refit"}), "recipe": recipe.as_dict(),
+        "image_size": backbone_params.image_size, "seed": seed, "policy": plan.policy,
+        **({"text": text.info()} if text else {}),
+    }
     if recipe.strategy != "head":
         initial = model.get_weights()  # the head alone, published if no fine-tuned epoch beats it on val
-        inputs_id = run_fingerprint({
-            "head": hashlib.sha256(Path(head_path).read_bytes()).hexdigest(),
-            "manifest": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(),
-            "backbone": fingerprint, "params": params.model_dump(), "recipe": recipe.as_dict(),
-            "image_size": backbone_params.image_size, "seed": seed, "policy": plan.policy,
-            **({"text": text.info()} if text else {}),
-        })
+        inputs_id = run_fingerprint(run_inputs)
         ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", recipe.patience,
                             writer=cluster.chief)
         if strategy is None:
@@ -301,17 +333,35 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
             model.set_weights(initial)
             why = (f"no fine-tuned epoch beats the head on val (best: epoch {numbered}, accuracy "
                    f"{best['val_accuracy']:.4f} vs {head_accuracy:.4f}): publishing the head on the frozen backbone")
-    if companion_path is not None and cluster.chief:  # more candidates: the companion, alone and averaged
-        transfer = published
+    transfer = published
+    # More candidates: the companion, alone and averaged. On the chief; with a refit on every worker too, from
+    # the same files, so that all know whether the fine-tune (which they train together) is refitted.
+    if companion_path is not None and (cluster.chief or params.refit):
         model, published, more, widened = candidates.widen(model, published, companion_path, val, summary,
                                                             backbone_params.image_size, params.batch_size)
         why = more if published != transfer else (f"{why}; {more}" if more else why)
         summary.update(widened)
-    print(f"finetune: published {published}: {why}", flush=True)
-    summary.update(published=published, published_why=why)
     if len(val) and published in ("head", "finetuned"):
         summary["val_accuracy"] = head_accuracy if published == "head" else summary["finetune_val_accuracy"]
         summary["val_loss"] = summary["head_val_loss"] if published == "head" else summary["finetune_val_loss"]
+    if params.refit and not len(val):
+        print("finetune: refit: skipped: no val split, so nothing to add to the training data", flush=True)
+    elif params.refit:  # 5. every choice is made: train the chosen candidate again on train + val
+        both = manifest[manifest["split"].isin(["train", "val"])]
+        refitted, epochs, steps, refit_ckpt = _refit(
+            published, transfer, summary, manifest_path, both, table, recipe, backbone_params, params, head_params,
+            companion_params, head_history, companion_path, seed, Path(checkpoint_dir), run_inputs, len(classes),
+            cluster, strategy, tracker, text)
+        model = refitted if cluster.chief else model
+        branches = ", ".join(f"{name} {epochs[name]} epochs ({steps[name]} steps)" for name in epochs)
+        kind = "texts" if text else "images"
+        note = (f"refitted on {len(both)} train + val {kind} for {sum(steps.values())} optimizer steps "
+                f"({branches}); the val figures are the pre-refit ones (val is in its training data now)")
+        print(f"finetune: refit: the published {published} was {note}", flush=True)
+        why = f"{why}; {note}"
+        summary.update(refit=True, refit_items=len(both), refit_steps=sum(steps.values()), refit_epochs=epochs)
+    print(f"finetune: published {published}: {why}", flush=True)
+    summary.update(published=published, published_why=why)
     result = FinetuneResult(**summary, recipe=recipe.as_dict())
 
     if not cluster.chief:
@@ -320,31 +370,112 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
     if text:
         info = ModelInfo(classes=classes, image_size=None, backbone=backbone_params.name,
                          backbone_weights_sha256=fingerprint, candidate=published, input=TEXT_INPUT_DESCRIPTION,
-                         modality="text", **text.info())
+                         modality="text", refit=result.refit, refit_steps=result.refit_steps, **text.info())
     else:
         info = ModelInfo(classes=classes, image_size=backbone_params.image_size, backbone=backbone_params.name,
-                         backbone_weights_sha256=fingerprint, candidate=published)
+                         backbone_weights_sha256=fingerprint, candidate=published, refit=result.refit,
+                         refit_steps=result.refit_steps)
     save_published(model, info, model_path, info_path)
     write_history(history, history_path)
-    if ckpt is not None:
-        ckpt.clear()  # done: a later run with the same inputs must train, not resume a finished run
+    for done in (ckpt, refit_ckpt):  # a later run with the same inputs must train, not resume a finished run
+        if done is not None:
+            done.clear()
     return result
 
 
-def _build(backbone_params: BackboneParams, head_path: str | Path, seed: int):
-    """(backbone, trained head, the two assembled on raw pixels, or on token ids for text)."""
+class Renamed:
+    """A tracker whose Keras callback sees each epoch's logs under prefixed names (refit_loss, ...), so that a
+    refit's curves do not mix with the val run's at the same epoch numbers."""
+
+    def __init__(self, tracker, prefix: str):
+        self.tracker, self.prefix = tracker, prefix
+
+    def keras_callback(self):
+        import keras
+
+        if self.tracker is None:
+            return keras.callbacks.Callback()
+        inner, prefix = self.tracker.keras_callback(), self.prefix
+
+        class _Renamed(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                inner.on_epoch_end(epoch, {prefix + k: v for k, v in (logs or {}).items()})
+
+        return _Renamed()
+
+
+def _refit(published: str, transfer: str, summary: dict, manifest_path, both, table, recipe: Recipe,
+           backbone_params: BackboneParams, params: FinetuneParams, head_params: HeadParams,
+           companion_params: CompanionParams | None, head_history, companion_path, seed: int, checkpoint_dir: Path,
+           run_inputs: dict, n_classes: int, cluster, strategy, tracker, text: TextInputs | None):
+    """(the published candidate trained again on `both`, train + val; the epochs and the optimizer steps of
+    each branch retrained; the fine-tune refit's checkpoints, cleared once the model is published). Nothing
+    is chosen here: `published`, its transfer branch (`transfer`: head or finetuned), the companion's weight
+    and every epoch count were chosen on val. Another worker than the chief trains the fine-tune with the
+    chief and returns None as the model."""
+    epochs, steps = {}, {}
+    model = head = ckpt = None
+    if published in ("head", "finetuned", "ensemble"):  # the transfer branch: the head first, seconds
+        epochs["head"] = best_head_epochs(head_history)
+        head, steps["head"] = refit_head(table.rows(both["sha256"].tolist()), both["label_index"].to_numpy(np.int32),
+                                         n_classes, head_params, seed, epochs["head"])
+        if transfer == "head":
+            model = _build(backbone_params, head, seed)[2]
+    if head is not None and transfer == "finetuned":
+        epochs["finetuned"] = summary["best_epoch"] + 1
+        per_epoch = len(WindowBatches(text.tokenise(both["path"]), both["label_index"], n_classes,
+                                      params.batch_size)) if text else math.ceil(len(both) / params.batch_size)
+        # The same schedule over the planned epochs (more steps in each), run up to the epoch chosen on val.
+        again = dataclasses.replace(recipe, steps_per_epoch=per_epoch, steps=recipe.epochs * per_epoch)
+        ckpt = Checkpointer(checkpoint_dir, run_fingerprint({**run_inputs, "refit": epochs["finetuned"],
+                                                             "head_params": head_params.model_dump(),
+                                                             "head_epochs": epochs["head"]}),
+                            "loss", recipe.epochs + 1, writer=cluster.chief)  # no early stopping: no val
+        backbone, _, model = _build(backbone_params, head, seed)
+        if strategy is None:
+            _train(model, backbone, again, both, both.iloc[:0], n_classes, backbone_params.image_size,
+                   params.batch_size, seed, ckpt, Renamed(tracker, "refit_"), text=text, stop=epochs["finetuned"])
+        else:
+            with distributed.scope(strategy):
+                _, _, trained = _build(backbone_params, head, seed)
+            _train(trained, trained.get_layer(backbone.name), again, both, both.iloc[:0], n_classes,
+                   backbone_params.image_size, params.batch_size, seed, ckpt, Renamed(tracker, "refit_"), strategy,
+                   text=text, stop=epochs["finetuned"])
+            model.set_weights(trained.get_weights())
+        steps["finetuned"] = epochs["finetuned"] * per_epoch
+    if not cluster.chief:
+        return None, epochs, steps, ckpt
+    if published in ("companion", "ensemble"):  # on the chief alone, as the companion stage trains it
+        companion, epochs["companion"], steps["companion"], _ = refit_companion(
+            manifest_path, companion_path, checkpoint_dir, companion_params, seed, Renamed(tracker, "refit_companion_"))
+        image_size = backbone_params.image_size
+        model = (candidates.at_input(companion, image_size) if published == "companion" else
+                 candidates.ensemble(model, companion, image_size, summary["companion_weight"]))
+    return model, epochs, steps, ckpt
+
+
+def _build(backbone_params: BackboneParams, head, seed: int):
+    """(backbone, trained head, the two assembled on raw pixels, or on token ids for text). `head`: the head's
+    .keras file, or a head model (copied, so the copy may live in a distribution strategy's scope)."""
     import keras
 
     seed_everything(seed)  # before building: weights "none" must match what extract used
     backbone = build_backbone(backbone_params.name, backbone_params.weights, backbone_params.image_size)
-    head = keras.saving.load_model(head_path, safe_mode=True)
+    if isinstance(head, (str, Path)):
+        head = keras.saving.load_model(head, safe_mode=True)
+    else:
+        weights = head.get_weights()
+        head = keras.models.clone_model(head)
+        head.set_weights(weights)
     image = BACKBONES[backbone_params.name].modality == "image"
     return backbone, head, assemble(backbone, head, backbone_params.image_size if image else None)
 
 
 def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_size: int, batch_size: int,
-           seed: int, ckpt: Checkpointer, tracker, strategy=None, text: TextInputs | None = None) -> None:
-    """Fit `model` by the recipe, resuming from `ckpt`; leaves the best epoch's weights in `model`."""
+           seed: int, ckpt: Checkpointer, tracker, strategy=None, text: TextInputs | None = None,
+           stop: int | None = None) -> None:
+    """Fit `model` by the recipe, resuming from `ckpt`; leaves the best epoch's weights in `model`.
+    `stop`: a refit: run the recipe's schedule up to `stop` epochs and leave the last epoch's weights."""
     import keras
     import tensorflow as tf
 
@@ -397,8 +528,10 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
     if tracker is not None:
         callbacks.append(tracker.keras_callback())
     epoch = first
-    while epoch < recipe.epochs and not ckpt.state["stopped"]:
-        end = recipe.phase_end(epoch)  # one fit() per phase of equal trainable blocks (keeps the optimizer state)
+    last_epoch = stop or recipe.epochs
+    while epoch < last_epoch and not ckpt.state["stopped"]:
+        # one fit() per phase of equal trainable blocks (keeps the optimizer state)
+        end = min(recipe.phase_end(epoch), last_epoch)
         if compiled_for != recipe.blocks_at(epoch):
             setup(epoch)
         if distributed.uses_own_loop(strategy):
@@ -408,10 +541,11 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
             trainer.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch, callbacks=callbacks,
                         shuffle=False, verbose=2)  # tf.data shuffles itself
         epoch = end
-    best = ckpt.state["best_epoch"]
-    if compiled_for != recipe.blocks_at(best):
-        setup(best)  # the optimizer state saved with the best epoch must fit
-    with distributed.scope(strategy):  # on every worker: a re-compiled optimizer is built here, a collective
-        ckpt.restore_best(trainer)
+    if stop is None:  # a refit keeps its last epoch: in memory, or loaded by resume() after a kill at the end
+        best = ckpt.state["best_epoch"]
+        if compiled_for != recipe.blocks_at(best):
+            setup(best)  # the optimizer state saved with the best epoch must fit
+        with distributed.scope(strategy):  # on every worker: a re-compiled optimizer is built here, a collective
+            ckpt.restore_best(trainer)
     if distributed.uses_own_loop(strategy):
         distributed.barrier(strategy)  # every worker has read the best epoch before the chief clears the folder

@@ -10,6 +10,9 @@ best epoch's weights. Each epoch is one graph call (repeated dataset, fixed
 steps per epoch, `steps_per_execution`): Keras' per-epoch overhead, not the
 arithmetic, is what costs time at this size. No augmentation (the embeddings
 are fixed); the fine-tune stage is where augmentation happens.
+
+`refit_head` trains the same head again on more items (finetune.refit: train + val) for a fixed number of
+epochs: the best epoch count found here (`best_head_epochs`, from this stage's history), no early stopping.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from transferkit.config import HeadParams
 from transferkit.data.manifest import classes_of, load_manifest, split_of
@@ -142,3 +146,20 @@ def train_head(manifest_path: str | Path, embeddings_path: str | Path, model_pat
     return TrainHeadResult(batch_size=params.batch_size, epochs_run=len(rows), best_epoch=best["epoch"],
                            converged=len(rows) < params.epochs, train_accuracy=best["accuracy"],
                            val_accuracy=best.get("val_accuracy"), val_loss=best.get("val_loss"))
+
+
+def best_head_epochs(history_path: str | Path) -> int:
+    """Epochs up to and including the epoch train_head kept (the lowest val_loss; the first on a tie, as Keras'
+    EarlyStopping keeps it), read from its history CSV."""
+    history = pd.read_csv(history_path)
+    monitor = "val_loss" if history["val_loss"].notna().any() else "loss"
+    return int(history["epoch"][history[monitor].idxmin()]) + 1
+
+
+def refit_head(x: np.ndarray, y: np.ndarray, n_classes: int, params: HeadParams, seed: int, epochs: int):
+    """A new head trained on (x, y) for exactly `epochs` epochs, standardised on x; returns (model, steps run)."""
+    seed_everything(seed)
+    model = build_head(x.shape[1], n_classes, params, features=x)
+    fit_head(model, x, y, class_weights(y, n_classes, params.class_weights), None, params, seed,
+             [nan_guard("finetune", "head.learning_rate")], epochs=epochs)
+    return model, epochs * math.ceil(len(y) / params.batch_size)
