@@ -52,7 +52,7 @@ FLOAT_TOLERANCE = 1e-4  # max |probability difference| of a float32 file from th
 MARGIN = 1e-4  # a changed top-1 counts when the Keras model's top-2 margin is above this
 QUANTIZED_MIN_AGREEMENT = 0.99  # of top-1 predictions, for export.quantize: dynamic | int8
 QUANTIZED_MAX_ACCURACY_DROP = 0.01  # test accuracy, quantized file vs Keras model
-ONNX_OUTPUT = "probabilities"
+ONNX_OUTPUT = runtimes.ONNX_OUTPUT
 TOKENIZER_FILE = "tokenizer.json"  # a text model's tokenizer, copied beside its files
 
 
@@ -90,65 +90,13 @@ def write_artifact(model, artifact: Artifact, folder: Path, params: ExportParams
     if artifact == SAVED_MODEL:
         model.export(str(path), format="tf_saved_model", verbose=False)
     elif artifact.runtime == "onnxruntime":
-        _with_constant_normalization(model).export(str(path), format="onnx", opset_version=params.onnx_opset,
-                                                   verbose=False)
-        _rename_onnx_output(path, ONNX_OUTPUT)
+        runtimes.to_onnx(model, path, params.onnx_opset)
     elif artifact.runtime == "litert":
         # From the SavedModel just written: converting the Keras model would trace it again (about 9 s).
         quantize = params.quantize if artifact.quantized else "none"
         path.write_bytes(runtimes.to_litert(saved_model, quantize, calibration))
     else:
         raise ValueError(artifact.name)
-
-
-def _with_constant_normalization(model):
-    """The model with every keras Normalization layer (efficientnet_b0 has one) replaced by the
-    equal Rescaling, the other layers shared.
-
-    Normalization keeps its mean and variance as eager tensors; tf2onnx turns
-    those into extra graph inputs the ONNX file then demands beside `image`.
-    Rescaling's numpy constants are traced into the graph instead."""
-    import keras
-
-    def replace(layer):
-        if not isinstance(layer, keras.layers.Normalization) or layer.invert:
-            return layer
-        mean, variance = (np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in (layer.mean, layer.variance))
-        scale = 1.0 / np.maximum(np.sqrt(variance), keras.backend.epsilon())
-        return keras.layers.Rescaling(scale=scale, offset=-mean * scale, name=layer.name)
-
-    if not any(isinstance(layer, keras.layers.Normalization) for layer in _all_layers(model)):
-        return model
-    clone = keras.models.clone_model(model, clone_function=replace, recursive=True)
-    clone(_sample_inputs(model))  # Keras exports only a model that has been called
-    return clone
-
-
-def _sample_inputs(model):
-    """One item for each of the model's inputs (an image; a text's token ids and mask: one token, one window)."""
-    arrays = [np.ones([1 if size is None else size for size in tensor.shape], dtype=tensor.dtype)
-              for tensor in model.inputs]
-    return arrays[0] if len(arrays) == 1 else arrays
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
-
-
-def _rename_onnx_output(path: Path, name: str) -> None:
-    """tf2onnx names the output `Identity:0`; call it what it is."""
-    import onnx
-
-    graph = onnx.load(str(path))
-    old = graph.graph.output[0].name
-    for node in graph.graph.node:
-        node.output[:] = [name if o == old else o for o in node.output]
-    graph.graph.output[0].name = name
-    onnx.checker.check_model(graph)
-    onnx.save(graph, str(path))
 
 
 def input_spec(info: ModelInfo) -> dict:
