@@ -26,6 +26,11 @@ that makes the token ids) and, in each `<file>.json`, the window settings
 texts through the tokenizer and windows (inference.text_batches, batched by
 length) into each file. No browser (web) folder for text, and no int8 file
 (its calibration is images); `export.quantize: dynamic` works.
+
+An image model also gets `web/` (deliver/web.py): a static page that runs
+model.onnx in the browser with onnxruntime-web (copied in from `web_runtime`,
+node_modules/onnxruntime-web/dist). The stage never starts a browser: the
+page's own check is `make web-check` and tests/deliver/test_web.py.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from transferkit.config import ExportParams
 from transferkit.data.datasets import decoded_batches
 from transferkit.data.manifest import load_manifest, split_of
 from transferkit.data.texts import load_text
-from transferkit.deliver import runtimes
+from transferkit.deliver import runtimes, web
 from transferkit.deliver.inference import predict_batches, text_batches, tokenizer_file, tokenizer_for
 from transferkit.deliver.published import ModelInfo, load_published
 from transferkit.errors import TransferkitError
@@ -166,6 +171,7 @@ class ExportResult(StageResult):
     info: ModelInfo
     example: str  # a test image file: the served model's input example
     registered_model: str  # tracking.registered_model
+    web_folder: Path | None = None  # the browser page's folder (image models, when a web runtime was given)
 
     def lines(self) -> list[str]:
         items = "test texts" if self.info.modality == "text" else "test images"
@@ -174,6 +180,9 @@ class ExportResult(StageResult):
         if self.info.modality == "text":
             lines.append(f"text model: {TOKENIZER_FILE} and the window settings beside the files; no browser (web) "
                          f"folder (the browser page is for image models)")
+        elif self.web_folder is not None:
+            lines.append(f"browser page: {self.web_folder} ({web.folder_megabytes(self.web_folder):.1f} MB with the "
+                         f"model and onnxruntime-web); `make web` serves it, `make web-check` compares it")
         return lines
 
     def metrics_file(self) -> dict:
@@ -206,8 +215,11 @@ class ExportResult(StageResult):
 
 
 def export(manifest_path: str | Path, model_path: str | Path, info_path: str | Path, folder: str | Path,
-           params: ExportParams, registered_model: str) -> ExportResult:
-    """Write every file into `folder` (replaced whole) and run the parity gate on each."""
+           params: ExportParams, registered_model: str, web_runtime: str | Path | None = None) -> ExportResult:
+    """Write every file into `folder` (replaced whole) and run the parity gate on each.
+
+    web_runtime: onnxruntime-web's dist folder; given, an image model also gets the browser page in
+    `folder`/web (deliver/web.py). A text model never does."""
     folder = Path(folder)
     model, info = load_published(model_path, info_path)
     manifest = load_manifest(manifest_path)
@@ -215,6 +227,8 @@ def export(manifest_path: str | Path, model_path: str | Path, info_path: str | P
     if test.empty:
         raise TransferkitError("data.test_fraction: the test split is empty; the parity gate needs test items")
     labels = test["label_index"].to_numpy()
+    if web_runtime is not None and info.modality == "image":
+        web.check_runtime(web_runtime)  # before the minutes of conversion, not after
     calibration = None
     if info.modality == "text":
         if params.quantize == "int8":
@@ -242,6 +256,8 @@ def export(manifest_path: str | Path, model_path: str | Path, info_path: str | P
             write_json(work / f"{artifact.file}.json", description(info, artifact))
         if info.modality == "text":
             shutil.copyfile(tokenizer_file(info), work / TOKENIZER_FILE)
+        elif web_runtime is not None:
+            web.write_web_folder(work / web.WEB_FOLDER, work / "model.onnx", web_runtime)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(work, folder)
     finally:
@@ -254,4 +270,5 @@ def export(manifest_path: str | Path, model_path: str | Path, info_path: str | P
                 if (why := gate(a, figures[a.name], keras_accuracy))]
     return ExportResult(test_images=int(len(labels)), keras_accuracy=keras_accuracy, figures=figures,
                         failures=failures, folder=folder, info=info, example=test["path"].iloc[0],
-                        registered_model=registered_model)
+                        registered_model=registered_model,
+                        web_folder=folder / web.WEB_FOLDER if info.modality == "image" and web_runtime else None)
