@@ -165,3 +165,32 @@ def test_the_page_agrees_with_predict_on_onnx(web_exported, chromium, tmp_path, 
     assert figures["clear_images"] >= len(images) // 2
     assert figures["clear_disagreements"] == [], figures
     assert figures["max_abs_diff"] < 0.05, figures  # measured: 2e-4 on the shapes; decoding, not the model
+
+
+def test_make_web_serves_the_folder_as_a_module_page_needs(web_exported, capsys):
+    """scripts/serve_web.py: JavaScript and WebAssembly MIME types from itself (not the machine's mime.types),
+    the isolation headers with --isolated, and one line naming `make run` when there is no page."""
+    import functools
+    import http.server
+    import threading
+    import urllib.request
+
+    spec = importlib.util.spec_from_file_location("serve_web", REPO / "scripts" / "serve_web.py")
+    serve_web = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_web)
+    web = web_exported[0] / "export" / WEB_FOLDER
+    handler = type("Page", (serve_web.Handler,), {"isolated": True, "log_message": lambda *a: None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(web)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        for name, mime in (("ort.wasm.bundle.min.mjs", "text/javascript"), ("ort-wasm-simd-threaded.wasm",
+                                                                           "application/wasm")):
+            with urllib.request.urlopen(base + name) as response:
+                assert response.headers["Content-Type"] == mime
+                assert response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert serve_web.main([str(web.parent / "nowhere")]) == 1
+    assert "index.html not found: run `make run` first" in capsys.readouterr().err
