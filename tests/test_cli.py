@@ -42,7 +42,7 @@ def test_predict_prints_labels_and_skips_bad_files(tmp_path, capsys):
     assert [r["predictions"][0]["label"] for r in json.loads(capsys.readouterr().out)] == ["square", "circle"]
 
 
-def test_predict_prints_the_model_s_own_probabilities_on_either_runtime(tmp_path, capsys):
+def test_predict_prints_the_model_s_own_probabilities_on_every_runtime(tmp_path, capsys):
     """No test-time flip unless asked, and --runtime is the runtime: a model that sees only the left half
     of an image (red left, blue right) gives exactly its own probabilities."""
     import keras
@@ -63,7 +63,7 @@ def test_predict_prints_the_model_s_own_probabilities_on_either_runtime(tmp_path
     Image.fromarray(pixels).save(tmp_path / "red left.png")
     expected = model.predict(pixels[None].astype(np.float32), verbose=0)[0]
     assert expected[0] > 0.9  # red; the flipped image would say blue
-    for runtime in ("tensorflow", "litert"):
+    for runtime in ("tensorflow", "litert", "onnx"):
         assert main(["predict", str(tmp_path / "red left.png"), "--model", str(tmp_path / "m.keras"), "--model-info",
                      str(tmp_path / "m.json"), "--format", "json", "--top-k", "3", "--runtime", runtime]) == 0
         got = {p["label"]: p["probability"] for p in json.loads(capsys.readouterr().out)[0]["predictions"]}
@@ -77,7 +77,7 @@ def test_predict_without_a_model_is_one_clear_line(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_predict_reads_text_files_folders_and_texts_on_either_runtime(tmp_path, capsys):
+def test_predict_reads_text_files_folders_and_texts_on_every_runtime(tmp_path, capsys):
     from text_models import text_project
 
     manifest, model, info = text_project(tmp_path)
@@ -87,7 +87,7 @@ def test_predict_reads_text_files_folders_and_texts_on_either_runtime(tmp_path, 
     args = ["predict", str(folder), str(tmp_path / "empty.txt"), "--text", "rain snow forecast", "--text", "",
             "--model", str(model), "--model-info", str(info), "--format", "json"]
     answers = {}
-    for runtime in ("tensorflow", "litert"):
+    for runtime in ("tensorflow", "litert", "onnx"):
         assert main(args + ["--runtime", runtime]) == 1  # two inputs skipped
         out, err = capsys.readouterr()
         answers[runtime] = json.loads(out)
@@ -96,9 +96,10 @@ def test_predict_reads_text_files_folders_and_texts_on_either_runtime(tmp_path, 
     rows = answers["tensorflow"]
     assert [r["path"] for r in rows] == [str(p) for p in sorted(folder.glob("*.txt"))] + ["--text 1"]
     assert [r["predictions"][0]["label"] for r in rows] == ["sports"] * 8 + ["weather"]
-    for mine, lite in zip(rows, answers["litert"], strict=True):
-        assert mine["predictions"][0]["label"] == lite["predictions"][0]["label"]
-        assert abs(mine["predictions"][0]["probability"] - lite["predictions"][0]["probability"]) < 1e-4
+    for other in ("litert", "onnx"):
+        for mine, theirs in zip(rows, answers[other], strict=True):
+            assert mine["predictions"][0]["label"] == theirs["predictions"][0]["label"], other
+            assert abs(mine["predictions"][0]["probability"] - theirs["predictions"][0]["probability"]) < 1e-4, other
 
 
 def test_text_on_an_image_model_is_one_clear_line(tmp_path, capsys):

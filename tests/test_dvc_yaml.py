@@ -80,6 +80,14 @@ def closure(script: Path) -> set[str]:
     return seen
 
 
+def data_files_named(modules: set[str]) -> set[str]:
+    """Non-Python files of the package (e.g. deliver/web_page.html) whose file name one of `modules` writes as
+    a string: files those modules read, so deps of the stage like its code (src/transferkit/... paths)."""
+    sources = [module_file(m).read_text(encoding="utf-8") for m in modules]
+    return {f"src/transferkit/{p.relative_to(SRC).as_posix()}" for p in SRC.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and any(f'"{p.name}"' in text for text in sources)}
+
+
 def script_of(stage: dict) -> str:
     return re.match(r"sh stages/python (stages/\w+\.py)", stage["cmd"]).group(1)
 
@@ -91,11 +99,27 @@ def test_deps_are_the_script_and_its_import_closure(name):
     deps = [d if isinstance(d, str) else next(iter(d)) for d in stage["deps"]]
     assert script in deps
     listed = {".".join(Path(d).relative_to("src/transferkit").with_suffix("").parts)
-              for d in deps if d.startswith("src/transferkit/")}
+              for d in deps if d.startswith("src/transferkit/") and d.endswith(".py")}
     needed = closure(REPO / script)
     missing = sorted(f"src/transferkit/{m.replace('.', '/')}.py" for m in needed - listed)
     assert not missing, f"{name}: deps lack {missing}"
     assert not listed - needed, f"{name}: deps list modules it never imports: {sorted(listed - needed)}"
+    data = {d for d in deps if d.startswith("src/transferkit/") and not d.endswith(".py")}
+    assert data == data_files_named(needed), f"{name}: package data files in deps {sorted(data)}, read: " \
+                                             f"{sorted(data_files_named(needed))}"
+
+
+def test_export_deps_are_the_browser_runtime_files_it_copies():
+    """The browser page's onnxruntime-web files (deliver/web.py ORT_FILES) in the folder the export command
+    names: a new or renamed runtime file re-runs export, and no other node_modules file does."""
+    from transferkit.deliver.web import ORT_FILES
+
+    stage = PIPELINE["export"]
+    runtime = re.search(r"--web-runtime (\S+)", stage["cmd"]).group(1)
+    listed = {d for d in stage["deps"] if isinstance(d, str) and d.startswith("node_modules/")}
+    assert listed == {f"{runtime}/{name}" for name in ORT_FILES}
+    assert not [name for name, other in PIPELINE.items() if name != "export"
+                and any(isinstance(d, str) and d.startswith("node_modules/") for d in other["deps"])]
 
 
 @pytest.mark.parametrize("name", list(PIPELINE))

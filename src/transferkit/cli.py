@@ -2,7 +2,7 @@
 
     transferkit predict FILE_OR_FOLDER... [--text "..."]... [--top-k K] [--format csv|json]
                         [--model models/model.keras --model-info models/model.json]
-                        [--runtime tensorflow|litert]
+                        [--runtime tensorflow|litert|onnx]
 
 The published model's model.json says what it reads: image files, or texts
 (text files, folders searched for them, and `--text` strings, each read by
@@ -22,7 +22,7 @@ from transferkit.data.images import IMAGE_SUFFIXES, ImageRejected, inspect_image
 from transferkit.data.texts import TextRejected, check_text, inspect_text, is_text_file_name
 
 # What `--runtime` offers: runners of deliver/runtimes.RUNNERS that take the Keras model itself.
-PREDICT_RUNTIMES = ("tensorflow", "litert")
+PREDICT_RUNTIMES = ("tensorflow", "litert", "onnx")
 
 
 def collect_images(targets: list[str], kind: str = "image") -> tuple[list[Path], list[tuple[str, str]]]:
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--runtime", choices=PREDICT_RUNTIMES, default="tensorflow",
                    help="what runs the model: TensorFlow, or LiteRT (converts it first, a few seconds; faster on "
-                        "many images on a CPU) (default: %(default)s)")
+                        "many images on a CPU), or onnxruntime (converts it to ONNX first, as the export stage does: "
+                        "what the browser page and the served model run) (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "predict":
         return predict(args)

@@ -66,8 +66,8 @@ def test_each_file_runs_in_its_own_runtime_on_raw_pixels(exported):
         assert out.dtype == np.float32 and np.abs(out - reference).max() < 1e-5, (source, runtime)
         np.testing.assert_array_equal(runner(pixels.astype(np.uint8)), out)  # uint8 in: the same, exactly
         assert runner(pixels[:1]).shape == (1, 3)  # another batch size: resized, not an error
-    with pytest.raises(ValueError, match="expected one of tensorflow, litert, onnxruntime"):
-        runtimes.runner(model, "onnx")
+    with pytest.raises(ValueError, match="expected one of tensorflow, litert, onnxruntime, onnx"):
+        runtimes.runner(model, "tflite")
 
 
 def test_the_served_model_classifies_with_the_onnx_file_without_tensorflow(exported):

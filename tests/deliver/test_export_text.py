@@ -60,3 +60,9 @@ def test_int8_is_refused_for_text_with_one_line(text_exported, tmp_path):
     _, manifest, model_path, info_path, _ = text_exported
     with pytest.raises(TransferkitError, match="int8 is calibrated on images; for a text model use none or dynamic"):
         export(manifest, model_path, info_path, tmp_path / "export", ExportParams(quantize="int8"), "transferkit-text")
+
+
+def test_a_text_model_gets_no_web_folder(text_exported):
+    root, _, _, _, result = text_exported
+    assert not (root / "export" / "web").exists() and result.web_folder is None
+    assert any("no browser (web) folder" in line for line in result.lines())

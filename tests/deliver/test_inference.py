@@ -109,6 +109,20 @@ def test_every_runtime_a_user_can_name_has_a_runner():
     assert named <= set(RUNNERS), sorted(named - set(RUNNERS))
 
 
+def test_the_onnx_runner_converts_as_the_shipped_params_export():
+    """`predict --runtime onnx` converts with runtimes.DEFAULT_ONNX_OPSET (deliver/ reads no params.yaml): the
+    opset export writes model.onnx with when params.yaml is as shipped."""
+    import yaml
+
+    from transferkit.config import ExportParams
+    from transferkit.deliver.runtimes import DEFAULT_ONNX_OPSET
+
+    from conftest import REPO
+
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())["export"]["onnx_opset"]
+    assert DEFAULT_ONNX_OPSET == ExportParams().onnx_opset == shipped
+
+
 def test_texts_are_batched_by_length_and_come_back_in_input_order(tiny_text_encoder, text_tokenizer):
     """predict_texts sorts texts by length into batches; each row is still its own text's output, as if it ran
     alone (padding changes nothing), whatever the batch size."""

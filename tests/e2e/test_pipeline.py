@@ -89,7 +89,8 @@ def test_full_pipeline_produces_model_metrics_and_plots(project, first_run, env)
                  "errors.html"):
         assert (project / "plots" / name).stat().st_size > 0, name
     assert (project / "models" / "model.keras").exists()
-    for name in ("saved_model/saved_model.pb", "model.tflite", "model.onnx", "model.onnx.json"):
+    for name in ("saved_model/saved_model.pb", "model.tflite", "model.onnx", "model.onnx.json", "web/index.html",
+                 "web/model.onnx", "web/ort-wasm-simd-threaded.wasm"):
         assert (project / "models" / "export" / name).exists(), name
     parity = json.loads((project / "metrics" / "export.json").read_text())["artifacts"]
     assert set(parity) == {"saved_model", "litert", "onnx"} and all(f["max_abs_diff"] <= 1e-4 for f in parity.values())

@@ -45,12 +45,29 @@ def make_tiny_project(root: Path) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, root / name)
     (root / "dvc.lock").unlink(missing_ok=True)
+    copy_web_runtime(root)
     images = make_image_folder(root / "data" / "tiny", per_class=10, size=40)
     params = yaml.safe_load((root / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return images
+
+
+def copy_web_runtime(root: Path) -> None:
+    """onnxruntime-web's files the export stage copies into its browser page, where `make install` (npm ci)
+    leaves them (git-ignored, so not among the tracked files): hard links when the file system allows."""
+    from transferkit.deliver.web import ORT_FILES
+
+    from conftest import WEB_RUNTIME
+
+    target = root / WEB_RUNTIME.relative_to(REPO)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ORT_FILES:
+        try:
+            (target / name).hardlink_to(WEB_RUNTIME / name)
+        except OSError:
+            shutil.copy2(WEB_RUNTIME / name, target / name)
 
 
 def commit_all(root: Path, message: str, env: dict | None = None) -> None:

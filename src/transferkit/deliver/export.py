@@ -26,6 +26,11 @@ that makes the token ids) and, in each `<file>.json`, the window settings
 texts through the tokenizer and windows (inference.text_batches, batched by
 length) into each file. No browser (web) folder for text, and no int8 file
 (its calibration is images); `export.quantize: dynamic` works.
+
+An image model also gets `web/` (deliver/web.py): a static page that runs
+model.onnx in the browser with onnxruntime-web (copied in from `web_runtime`,
+node_modules/onnxruntime-web/dist). The stage never starts a browser: the
+page's own check is `make web-check` and tests/deliver/test_web.py.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from transferkit.config import ExportParams
 from transferkit.data.datasets import decoded_batches
 from transferkit.data.manifest import load_manifest, split_of
 from transferkit.data.texts import load_text
-from transferkit.deliver import runtimes
+from transferkit.deliver import runtimes, web
 from transferkit.deliver.inference import predict_batches, text_batches, tokenizer_file, tokenizer_for
 from transferkit.deliver.published import ModelInfo, load_published
 from transferkit.errors import TransferkitError
@@ -52,7 +57,7 @@ FLOAT_TOLERANCE = 1e-4  # max |probability difference| of a float32 file from th
 MARGIN = 1e-4  # a changed top-1 counts when the Keras model's top-2 margin is above this
 QUANTIZED_MIN_AGREEMENT = 0.99  # of top-1 predictions, for export.quantize: dynamic | int8
 QUANTIZED_MAX_ACCURACY_DROP = 0.01  # test accuracy, quantized file vs Keras model
-ONNX_OUTPUT = "probabilities"
+ONNX_OUTPUT = runtimes.ONNX_OUTPUT
 TOKENIZER_FILE = "tokenizer.json"  # a text model's tokenizer, copied beside its files
 
 
@@ -90,65 +95,13 @@ def write_artifact(model, artifact: Artifact, folder: Path, params: ExportParams
     if artifact == SAVED_MODEL:
         model.export(str(path), format="tf_saved_model", verbose=False)
     elif artifact.runtime == "onnxruntime":
-        _with_constant_normalization(model).export(str(path), format="onnx", opset_version=params.onnx_opset,
-                                                   verbose=False)
-        _rename_onnx_output(path, ONNX_OUTPUT)
+        runtimes.to_onnx(model, path, params.onnx_opset)
     elif artifact.runtime == "litert":
         # From the SavedModel just written: converting the Keras model would trace it again (about 9 s).
         quantize = params.quantize if artifact.quantized else "none"
         path.write_bytes(runtimes.to_litert(saved_model, quantize, calibration))
     else:
         raise ValueError(artifact.name)
-
-
-def _with_constant_normalization(model):
-    """The model with every keras Normalization layer (efficientnet_b0 has one) replaced by the
-    equal Rescaling, the other layers shared.
-
-    Normalization keeps its mean and variance as eager tensors; tf2onnx turns
-    those into extra graph inputs the ONNX file then demands beside `image`.
-    Rescaling's numpy constants are traced into the graph instead."""
-    import keras
-
-    def replace(layer):
-        if not isinstance(layer, keras.layers.Normalization) or layer.invert:
-            return layer
-        mean, variance = (np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in (layer.mean, layer.variance))
-        scale = 1.0 / np.maximum(np.sqrt(variance), keras.backend.epsilon())
-        return keras.layers.Rescaling(scale=scale, offset=-mean * scale, name=layer.name)
-
-    if not any(isinstance(layer, keras.layers.Normalization) for layer in _all_layers(model)):
-        return model
-    clone = keras.models.clone_model(model, clone_function=replace, recursive=True)
-    clone(_sample_inputs(model))  # Keras exports only a model that has been called
-    return clone
-
-
-def _sample_inputs(model):
-    """One item for each of the model's inputs (an image; a text's token ids and mask: one token, one window)."""
-    arrays = [np.ones([1 if size is None else size for size in tensor.shape], dtype=tensor.dtype)
-              for tensor in model.inputs]
-    return arrays[0] if len(arrays) == 1 else arrays
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
-
-
-def _rename_onnx_output(path: Path, name: str) -> None:
-    """tf2onnx names the output `Identity:0`; call it what it is."""
-    import onnx
-
-    graph = onnx.load(str(path))
-    old = graph.graph.output[0].name
-    for node in graph.graph.node:
-        node.output[:] = [name if o == old else o for o in node.output]
-    graph.graph.output[0].name = name
-    onnx.checker.check_model(graph)
-    onnx.save(graph, str(path))
 
 
 def input_spec(info: ModelInfo) -> dict:
@@ -218,6 +171,7 @@ class ExportResult(StageResult):
     info: ModelInfo
     example: str  # a test image file: the served model's input example
     registered_model: str  # tracking.registered_model
+    web_folder: Path | None = None  # the browser page's folder (image models, when a web runtime was given)
 
     def lines(self) -> list[str]:
         items = "test texts" if self.info.modality == "text" else "test images"
@@ -226,6 +180,9 @@ class ExportResult(StageResult):
         if self.info.modality == "text":
             lines.append(f"text model: {TOKENIZER_FILE} and the window settings beside the files; no browser (web) "
                          f"folder (the browser page is for image models)")
+        elif self.web_folder is not None:
+            lines.append(f"browser page: {self.web_folder} ({web.folder_megabytes(self.web_folder):.1f} MB with the "
+                         f"model and onnxruntime-web); `make web` serves it, `make web-check` compares it")
         return lines
 
     def metrics_file(self) -> dict:
@@ -258,8 +215,11 @@ class ExportResult(StageResult):
 
 
 def export(manifest_path: str | Path, model_path: str | Path, info_path: str | Path, folder: str | Path,
-           params: ExportParams, registered_model: str) -> ExportResult:
-    """Write every file into `folder` (replaced whole) and run the parity gate on each."""
+           params: ExportParams, registered_model: str, web_runtime: str | Path | None = None) -> ExportResult:
+    """Write every file into `folder` (replaced whole) and run the parity gate on each.
+
+    web_runtime: onnxruntime-web's dist folder; given, an image model also gets the browser page in
+    `folder`/web (deliver/web.py). A text model never does."""
     folder = Path(folder)
     model, info = load_published(model_path, info_path)
     manifest = load_manifest(manifest_path)
@@ -267,6 +227,8 @@ def export(manifest_path: str | Path, model_path: str | Path, info_path: str | P
     if test.empty:
         raise TransferkitError("data.test_fraction: the test split is empty; the parity gate needs test items")
     labels = test["label_index"].to_numpy()
+    if web_runtime is not None and info.modality == "image":
+        web.check_runtime(web_runtime)  # before the minutes of conversion, not after
     calibration = None
     if info.modality == "text":
         if params.quantize == "int8":
@@ -294,6 +256,8 @@ def export(manifest_path: str | Path, model_path: str | Path, info_path: str | P
             write_json(work / f"{artifact.file}.json", description(info, artifact))
         if info.modality == "text":
             shutil.copyfile(tokenizer_file(info), work / TOKENIZER_FILE)
+        elif web_runtime is not None:
+            web.write_web_folder(work / web.WEB_FOLDER, work / "model.onnx", web_runtime)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(work, folder)
     finally:
@@ -306,4 +270,5 @@ def export(manifest_path: str | Path, model_path: str | Path, info_path: str | P
                 if (why := gate(a, figures[a.name], keras_accuracy))]
     return ExportResult(test_images=int(len(labels)), keras_accuracy=keras_accuracy, figures=figures,
                         failures=failures, folder=folder, info=info, example=test["path"].iloc[0],
-                        registered_model=registered_model)
+                        registered_model=registered_model,
+                        web_folder=folder / web.WEB_FOLDER if info.modality == "image" and web_runtime else None)

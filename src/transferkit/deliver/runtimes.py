@@ -10,14 +10,17 @@ Keras model or an exported file:
     tensorflow   a Keras model (keras_runner) or a SavedModel folder (saved_model_runner)
     litert       a .tflite file, or a Keras model converted first (to_litert, a few seconds)
     onnxruntime  an .onnx file
+    onnx         a Keras model converted to ONNX first (to_onnx, as the export stage converts it), then
+                 run by onnxruntime (`transferkit predict --runtime onnx`)
 
 To add a runtime: write its `<name>_runner(source) -> Runner` below and add it
 to RUNNERS; `runner` then builds it, and inference.predict_batches runs it.
 
 The export stage's parity gate runs every exported file through its own
 runtime; `extract`, `evaluate` and `predict` run the Keras model through
-TensorFlow or LiteRT (LiteRT: faster on CPU); the served MLflow model runs the
-ONNX file. TensorFlow is imported only by what needs it (a Keras model, a
+TensorFlow or LiteRT (LiteRT: faster on CPU; `predict` also through ONNX, to
+compare with the browser page, which runs the exported ONNX file); the served
+MLflow model runs the ONNX file. TensorFlow is imported only by what needs it (a Keras model, a
 SavedModel, the converter): onnxruntime and the LiteRT interpreter start in a
 fraction of a second without it.
 """
@@ -35,6 +38,8 @@ import numpy as np
 Batch = np.ndarray | dict[str, np.ndarray]
 Runner = Callable[[Batch], np.ndarray]
 TEXT_INPUTS = ("token_ids", "padding_mask")  # a text model's inputs, int32 (N, windows, tokens), in this order
+ONNX_OUTPUT = "probabilities"  # the output's name in an ONNX file written by to_onnx
+DEFAULT_ONNX_OPSET = 17  # params.yaml's export.onnx_opset as shipped: what keras_onnx_runner converts with
 
 
 def threads() -> int:
@@ -208,11 +213,84 @@ def onnx_runner(path: str | Path, num_threads: int | None = None) -> Runner:
     return run
 
 
+def keras_onnx_runner(model, opset: int = DEFAULT_ONNX_OPSET) -> Runner:
+    """A Keras model converted to ONNX (to_onnx, into a temporary file) and run by onnxruntime: what the
+    exported model.onnx computes, without an export folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="transferkit-onnx-") as folder:
+        path = Path(folder) / "model.onnx"
+        to_onnx(model, path, opset)
+        return onnx_runner(path)  # onnxruntime has read the file: the session outlives it
+
+
 RUNNERS: dict[str, Callable[..., Runner]] = {
     "tensorflow": tensorflow_runner,
     "litert": litert_runner,
     "onnxruntime": onnx_runner,
+    "onnx": keras_onnx_runner,
 }
+
+
+def to_onnx(model, path: str | Path, opset: int) -> None:
+    """The one ONNX converter (the export stage's model.onnx, and the `onnx` runner): Keras' own exporter
+    (tf2onnx), the Normalization layers made constants, the output named ONNX_OUTPUT."""
+    model = _with_constant_normalization(model)
+    model(_sample_inputs(model))  # Keras exports only a model that has been called (a freshly loaded one has not)
+    model.export(str(path), format="onnx", opset_version=opset, verbose=False)
+    _rename_onnx_output(path, ONNX_OUTPUT)
+
+
+def _with_constant_normalization(model):
+    """The model with every keras Normalization layer (efficientnet_b0 has one) replaced by the
+    equal Rescaling, the other layers shared.
+
+    Normalization keeps its mean and variance as eager tensors; tf2onnx turns
+    those into extra graph inputs the ONNX file then demands beside `image`.
+    Rescaling's numpy constants are traced into the graph instead."""
+    import keras
+
+    def replace(layer):
+        if not isinstance(layer, keras.layers.Normalization) or layer.invert:
+            return layer
+        mean, variance = (np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in (layer.mean, layer.variance))
+        scale = 1.0 / np.maximum(np.sqrt(variance), keras.backend.epsilon())
+        return keras.layers.Rescaling(scale=scale, offset=-mean * scale, name=layer.name)
+
+    if not any(isinstance(layer, keras.layers.Normalization) for layer in _all_layers(model)):
+        return model
+    clone = keras.models.clone_model(model, clone_function=replace, recursive=True)
+    clone(_sample_inputs(model))  # Keras exports only a model that has been called
+    return clone
+
+
+def _sample_inputs(model):
+    """One item for each of the model's inputs (an image; a text's token ids and mask: one token, one window)."""
+    arrays = [np.ones([1 if size is None else size for size in tensor.shape], dtype=tensor.dtype)
+              for tensor in model.inputs]
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _rename_onnx_output(path: Path, name: str) -> None:
+    """tf2onnx names the output `Identity:0`; call it what it is."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    old = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+    graph.graph.output[0].name = name
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+
+
 
 
 def to_litert(source, quantize: str = "none", calibration: np.ndarray | None = None) -> bytes:
