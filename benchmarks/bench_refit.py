@@ -9,7 +9,7 @@ would repeat the same seeded training). Both models are scored on the same test 
 finetune stage's wall time on / off (the refit's added cost as a ratio). With --work, outputs already there
 (prepare to companion) are reused and checkpoints resumed.
 
-    python benchmarks/bench_refit.py                      # digits (as bench_companion.py builds them)
+    python benchmarks/bench_refit.py                      # digits (as bench_quality.py --dataset digits builds them)
     python benchmarks/bench_refit.py --source data/sample  # any folder or manifest
 """
 
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_companion import build_digits
+from bench_quality import build_digits
 
 import common
 
