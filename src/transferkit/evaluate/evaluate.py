@@ -95,8 +95,12 @@ class EvaluateResult(StageResult):
                          f"choice was made on val: this test figure is the refitted model's, its val figures in "
                          f"metrics/finetune.json are the pre-refit ones")
         if "head_only_accuracy" in s:
-            lines.append(f"head-only model (frozen backbone + head) {s['head_only_accuracy']:.4f}: fine-tuning "
-                         f"bought {s['finetune_gain'] * 100:+.2f} points")
+            # The published model may be the companion or the ensemble: name what bought the gain.
+            published = s.get("published", "finetuned")
+            what = "fine-tuning" if published == "finetuned" else f"the published {published}"
+            lines.append(f"head-only model (frozen backbone + head) {s['head_only_accuracy']:.4f}: "
+                         + ("the published model is the head" if published == "head" else
+                            f"{what} bought {s['finetune_gain'] * 100:+.2f} points"))
         if self.baseline is not None:
             lines += baseline_lines(self.baseline, s["accuracy"], self.modality)
         elif self.baseline_asked:
