@@ -69,6 +69,24 @@ def test_a_missing_browser_runtime_names_make_install_before_any_conversion(tmp_
     assert not (tmp_path / "export").exists()
 
 
+def test_the_runtime_is_found_in_a_parent_folder_as_node_finds_node_modules(tmp_path, monkeypatch):
+    """A queued experiment runs in a copy of the repo under .dvc/tmp/exps/, without the git-ignored
+    node_modules: the relative runtime path resolves in the nearest parent folder that has it."""
+    from transferkit.deliver.web import find_runtime
+
+    runtime = tmp_path / "node_modules" / "onnxruntime-web" / "dist"
+    runtime.mkdir(parents=True)
+    for name in ORT_FILES:
+        (runtime / name).write_bytes(b"x")
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmp123"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    assert find_runtime("node_modules/onnxruntime-web/dist") == runtime
+    (runtime / ORT_FILES[1]).unlink()  # incomplete: not a runtime
+    with pytest.raises(TransferkitError, match=r"node_modules/onnxruntime-web/dist/ort\.wasm.*make install"):
+        find_runtime("node_modules/onnxruntime-web/dist")
+
+
 def probe_images(folder: Path) -> dict[str, int]:
     """Files whose decoding has a catch, each with the size the page resizes it to: a 28 px grey PNG enlarged
     (the sample's case), a photo shrunk, an EXIF-rotated JPEG, alpha over hidden colour, 16-bit grey."""

@@ -228,7 +228,7 @@ def export(manifest_path: str | Path, model_path: str | Path, info_path: str | P
         raise TransferkitError("data.test_fraction: the test split is empty; the parity gate needs test items")
     labels = test["label_index"].to_numpy()
     if web_runtime is not None and info.modality == "image":
-        web.check_runtime(web_runtime)  # before the minutes of conversion, not after
+        web.find_runtime(web_runtime)  # before the minutes of conversion, not after
     calibration = None
     if info.modality == "text":
         if params.quantize == "int8":

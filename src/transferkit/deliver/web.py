@@ -33,19 +33,25 @@ ORT_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
 SOURCE_MAP_PREFIX = b"//# sourceMappingURL="  # the module's last line names a .map file the folder does not hold
 
 
-def check_runtime(runtime: str | Path) -> None:
-    """Raise TransferkitError naming the first of ORT_FILES missing from `runtime` (onnxruntime-web's dist)."""
-    missing = [Path(runtime) / name for name in ORT_FILES if not (Path(runtime) / name).is_file()]
-    if missing:
-        raise TransferkitError(f"{missing[0]}: not found; the browser export copies onnxruntime-web from there: "
-                               f"run `make install` (npm ci)")
+def find_runtime(runtime: str | Path) -> Path:
+    """onnxruntime-web's dist folder: `runtime` itself or, when relative and missing, the same path in the
+    nearest parent folder that has it, as Node resolves node_modules. An experiment that `dvc exp run --queue`
+    runs in a copy of the repository under .dvc/tmp/exps/ (git-ignored node_modules is not copied) so finds
+    the repository's own. Raises TransferkitError naming the first of ORT_FILES missing."""
+    runtime = Path(runtime)
+    candidates = [runtime] if runtime.is_absolute() else [folder / runtime for folder in (Path.cwd(),
+                                                                                           *Path.cwd().parents)]
+    for candidate in candidates:
+        if all((candidate / name).is_file() for name in ORT_FILES):
+            return candidate
+    raise TransferkitError(f"{runtime / ORT_FILES[0]}: not found; the browser export copies onnxruntime-web from "
+                           f"there: run `make install` (npm ci)")
 
 
 def write_web_folder(folder: str | Path, onnx_file: str | Path, runtime: str | Path) -> Path:
     """Write the page into `folder` (created) beside a copy of `onnx_file` and its `<file>.json`; `runtime` is
     onnxruntime-web's dist folder (node_modules/onnxruntime-web/dist). Returns `folder`."""
-    folder, onnx_file, runtime = Path(folder), Path(onnx_file), Path(runtime)
-    check_runtime(runtime)
+    folder, onnx_file, runtime = Path(folder), Path(onnx_file), find_runtime(runtime)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PAGE, folder / "index.html")
     shutil.copyfile(onnx_file, folder / "model.onnx")
