@@ -282,7 +282,6 @@ def main() -> None:
     common.header(f"quality on {what}")
 
     import numpy as np
-    import yaml
 
     from transferkit.config import parse_params
     from transferkit.data.manifest import load_manifest, split_of
@@ -301,11 +300,7 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-quality-"))
     work.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load(args.params.read_text())
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        raw[section][name] = yaml.safe_load(value)
+    raw = common.read_params(args.params, args.set)
     default_source = {"fmnist": work / "data" / "manifest.csv", "digits": work / "digits",
                       "mnist-heldout": work / "mnist"}[args.dataset]
     source = args.source or default_source

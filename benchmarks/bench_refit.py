@@ -49,7 +49,6 @@ def main() -> None:
     what = str(args.source) if args.source else "digits (scikit-learn load_digits, 8x8 -> 32 px bilinear)"
     common.header(f"refit on train + val, off vs on, on {what}")
 
-    import yaml
 
     from transferkit.config import parse_params
     from transferkit.data.manifest import load_manifest, split_of
@@ -64,11 +63,7 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-refit-"))
     work.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load(args.params.read_text())
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        raw[section][name] = yaml.safe_load(value)
+    raw = common.read_params(args.params, args.set)
     source = args.source or work / "digits"
     if not args.source and not source.exists():
         build_digits(source)

@@ -536,16 +536,11 @@ def main() -> None:
     what = "text extraction vs the bare encoder" if args.speed else f"text quality on {args.set}"
     common.header(what)
 
-    import yaml
 
     from transferkit.config import parse_params
 
-    raw = yaml.safe_load(args.params.read_text())
-    raw["backbone"].update(name="all_minilm_l6_v2", weights="pretrained")
-    for item in args.param:
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        raw[section][name] = yaml.safe_load(value)
+    raw = common.read_params(args.params, ["backbone.name=all_minilm_l6_v2", "backbone.weights=pretrained",
+                                           *args.param])
     params = parse_params(raw)
     print("params:", json.dumps({k: raw[k] for k in ("backbone", "text", "head", "finetune")}), flush=True)
     if args.speed:

@@ -111,6 +111,19 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def read_params(path: Path, overrides: list[str]) -> dict:
+    """params.yaml as a dict, with each `SECTION.KEY=VALUE` of `overrides` set (VALUE read as YAML), as
+    `dvc exp run -S` sets them."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text())
+    for item in overrides:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        raw[section][name] = yaml.safe_load(value)
+    return raw
+
+
 def header(title: str) -> None:
     print(f"== {title}", flush=True)
     print(f"machine: {machine()}", flush=True)
