@@ -121,7 +121,7 @@ def test_a_finetune_that_hurts_on_val_publishes_the_head(trained_head, monkeypat
     import transferkit.train.finetune as module
 
     def harmful_training(model, backbone, recipe, train, val, n_classes, image_size, batch_size, seed, ckpt, tracker,
-                         text=None):
+                         text=None, stop=None):
         for variable in model.trainable_variables:  # wreck every trained weight, as a bad rate would
             variable.assign(np.random.default_rng(0).normal(size=variable.shape).astype(np.float32) * 10)
         ckpt.state.update(best_epoch=0, history=[{"epoch": 0, "loss": 9.0, "accuracy": 0.0, "val_loss": 9.0,

@@ -305,17 +305,11 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
         inputs_id = run_fingerprint(run_inputs)
         ckpt = Checkpointer(Path(checkpoint_dir), inputs_id, "val" if len(val) else "loss", recipe.patience,
                             writer=cluster.chief)
-        if strategy is None:
-            _train(model, backbone, recipe, train, val, len(classes), backbone_params.image_size, params.batch_size,
-                   seed, ckpt, tracker, text=text)
-        else:
-            with distributed.scope(strategy):  # a twin of the model, its variables on every device and worker
-                _, _, trained = _build(backbone_params, head_path, seed)
+        if strategy is not None:
             print(f"finetune: worker {cluster.index} of {cluster.workers}, {strategy.num_replicas_in_sync} replicas, "
                   f"global batch {params.batch_size}", flush=True)
-            _train(trained, trained.get_layer(backbone.name), recipe, train, val, len(classes),
-                   backbone_params.image_size, params.batch_size, seed, ckpt, tracker, strategy, text=text)
-            model.set_weights(trained.get_weights())
+        _train_model(model, backbone, backbone_params, head_path, seed, strategy, recipe, train, val, len(classes),
+                     params.batch_size, ckpt, tracker, text)
         history = ckpt.state["history"]
         best = next(h for h in history if h["epoch"] == ckpt.state["best_epoch"])
         summary.update(epochs_run=len(history), steps_run=len(history) * recipe.steps_per_epoch,
@@ -432,16 +426,8 @@ def _refit(published: str, transfer: str, summary: dict, manifest_path, both, ta
                                                              "head_epochs": epochs["head"]}),
                             "loss", recipe.epochs + 1, writer=cluster.chief)  # no early stopping: no val
         backbone, _, model = _build(backbone_params, head, seed)
-        if strategy is None:
-            _train(model, backbone, again, both, both.iloc[:0], n_classes, backbone_params.image_size,
-                   params.batch_size, seed, ckpt, Renamed(tracker, "refit_"), text=text, stop=epochs["finetuned"])
-        else:
-            with distributed.scope(strategy):
-                _, _, trained = _build(backbone_params, head, seed)
-            _train(trained, trained.get_layer(backbone.name), again, both, both.iloc[:0], n_classes,
-                   backbone_params.image_size, params.batch_size, seed, ckpt, Renamed(tracker, "refit_"), strategy,
-                   text=text, stop=epochs["finetuned"])
-            model.set_weights(trained.get_weights())
+        _train_model(model, backbone, backbone_params, head, seed, strategy, again, both, both.iloc[:0], n_classes,
+                     params.batch_size, ckpt, Renamed(tracker, "refit_"), text, stop=epochs["finetuned"])
         steps["finetuned"] = epochs["finetuned"] * per_epoch
     if not cluster.chief:
         return None, epochs, steps, ckpt
@@ -469,6 +455,22 @@ def _build(backbone_params: BackboneParams, head, seed: int):
         head.set_weights(weights)
     image = BACKBONES[backbone_params.name].modality == "image"
     return backbone, head, assemble(backbone, head, backbone_params.image_size if image else None)
+
+
+def _train_model(model, backbone, backbone_params: BackboneParams, head, seed: int, strategy, recipe: Recipe, train,
+                 val, n_classes: int, batch_size: int, ckpt: Checkpointer, tracker, text: TextInputs | None,
+                 stop: int | None = None) -> None:
+    """_train on `model` itself or, under a distribution strategy, on a twin built from the same backbone and
+    `head` in the strategy's scope (its variables on every device and worker), then copied back into `model`."""
+    if strategy is None:
+        _train(model, backbone, recipe, train, val, n_classes, backbone_params.image_size, batch_size, seed, ckpt,
+               tracker, text=text, stop=stop)
+        return
+    with distributed.scope(strategy):
+        _, _, trained = _build(backbone_params, head, seed)
+    _train(trained, trained.get_layer(backbone.name), recipe, train, val, n_classes, backbone_params.image_size,
+           batch_size, seed, ckpt, tracker, strategy, text=text, stop=stop)
+    model.set_weights(trained.get_weights())
 
 
 def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_size: int, batch_size: int,
