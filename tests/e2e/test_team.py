@@ -15,6 +15,7 @@ saying which one and why (never a silent skip).
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import importlib.util
 import json
@@ -313,7 +314,8 @@ def test_an_experiment_whose_worker_died_is_marked_failed_and_does_not_block_the
     doomed = [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
     doomed += [child for process in doomed for child in process.children(recursive=True)]
     for process in doomed:
-        process.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):  # a child may end with its parent before its own kill
+            process.kill()
     psutil.wait_procs(doomed, timeout=30)
 
     out = sh([str(BIN / "python"), "scripts/run_queue.py"], project, env, check=False, timeout=300)
