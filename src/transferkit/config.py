@@ -164,8 +164,9 @@ class FinetuneParams(Section):
     zoom: float | None = Field(None, ge=0.0, lt=1.0, description="random zoom, fraction of the side")
     erase: float | None = Field(None, ge=0.0, le=1.0,
                                 description="random erasing: share of training images with a noise patch")
-    min_steps: int = Field(800, ge=0, description="optimizer steps the fine-tune gets at least (epochs raised to "
-                                                  "reach them; a floor, never a cap; 0: the case table's epochs)")
+    min_steps: int | None = Field(None, ge=0, description="optimizer steps the fine-tune gets at least (epochs raised "
+                                                          "to reach them; a floor, never a cap; 0: the case table's "
+                                                          "epochs; null: 800 for images, 400 for texts)")
     batch_size: int = Field(32, ge=1)
     patience: int | None = Field(None, ge=1, description="epochs without val improvement before stopping; "
                                                           "null: half the planned epochs, at least 3")

@@ -100,11 +100,12 @@ def test_text_head_strategy_publishes_encoder_and_head(text_run):
 
 
 def test_text_recipe_has_transformer_rates_no_augmentation_and_counts_window_batches():
-    # 200 documents in 40 batches of windows: the step floor (finetune.min_steps 800) counts those batches.
+    # 200 documents in 40 batches of windows: the step floor (finetune.min_steps null: 400 for text) counts them.
     facts = Facts(per_class=100, head_val_accuracy=0.8, n_blocks=7, train_images=200, modality="text",
                   steps_per_epoch=40)
     recipe = resolve(FinetuneParams(), facts, score_flip=lambda: pytest.fail("no flip check for text"))
-    assert (recipe.strategy, recipe.blocks, recipe.steps_per_epoch, recipe.epochs) == ("top", 3, 40, 20)
+    assert (recipe.strategy, recipe.blocks, recipe.steps_per_epoch, recipe.epochs) == ("top", 3, 40, 10)
+    assert "finetune.min_steps 400 (the text default)" in recipe.budget
     assert recipe.learning_rate <= 1e-4 and not recipe.flip
     assert (recipe.translate, recipe.zoom, recipe.erase) == (0.0, 0.0, 0.0)
     similar = Facts(per_class=100, head_val_accuracy=0.99, n_blocks=7, train_images=200, modality="text")

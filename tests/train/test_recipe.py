@@ -94,6 +94,14 @@ def test_the_step_floor_yields_to_explicit_epochs_and_to_zero():
     assert (head.strategy, head.epochs, head.steps) == ("head", 0, 0)
 
 
+@pytest.mark.parametrize("modality, epochs", [("image", 48), ("text", 24)])
+def test_the_step_floor_left_null_is_800_image_steps_or_400_text_steps(modality, epochs):
+    recipe = resolve(FinetuneParams(flip=False), Facts(100, 0.5, 18, 520, modality=modality), no_flip_score)
+    floor = {"image": 800, "text": 400}[modality]
+    assert recipe.epochs == epochs and recipe.steps >= floor > recipe.steps - recipe.steps_per_epoch
+    assert f">= finetune.min_steps {floor} (the {modality} default)" in recipe.budget
+
+
 @pytest.mark.parametrize("min_steps, patience, expected", [(0, None, 3), (800, None, 24), (800, 5, 5)])
 def test_early_stopping_waits_half_the_planned_epochs_unless_set(min_steps, patience, expected):
     recipe = resolve(FinetuneParams(min_steps=min_steps, patience=patience, flip=False), Facts(100, 0.5, 18, 520),

@@ -46,7 +46,9 @@ erase are image transforms, never applied to text (set or not).
 
 Text's warmup, weight decay, label smoothing and clipping are the shared ones,
 and the step floor applies as to images, its steps counted in text batches
-(at most `finetune.batch_size` windows each: Facts.steps_per_epoch).
+(at most `finetune.batch_size` windows each: Facts.steps_per_epoch). Left
+null, the floor is MIN_STEPS[modality]: 800 image steps, 400 text steps (a
+text step costs 10-50x an image step on CPU; see MIN_STEPS).
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ FLIP_TOLERANCE = 0.03  # a flip that costs the head more val accuracy than this 
 # best epoch is kept either way, so waiting costs epochs, never accuracy.
 PATIENCE_SHARE = 0.5
 MIN_PATIENCE = 3  # epochs: what the case table's 4-6 epoch budgets used before the step floor
+# finetune.min_steps null: the step floor by modality. Images: 800, measured (issue 20: digits, the sample).
+# Texts: half that. A text step (32 windows of up to 256 tokens through a transformer) costs 10-50x an image
+# step on 2 CPU cores, so 800 of them took 40-60 min on small sets where the case table's 3 epochs take 3-10;
+# on AFINN the 816-step run published epoch 9 of 16 (about 460 steps) and bought 1.8 points over the head.
+# benchmarks/README.md "What auto costs on text" has the measurements.
+MIN_STEPS = {"image": 800, "text": 400}
 
 CASES = {
     # case: (strategy, share of blocks, epochs, learning rate, layer decay)
@@ -181,7 +189,7 @@ def resolve(params, facts: Facts, score_flip: Callable[[], tuple[float, float] |
     else:  # top; a case whose own strategy is head unfreezes a third
         blocks = max(1, math.ceil((share or 1 / 3) * facts.n_blocks))
     steps_per_epoch = facts.steps_per_epoch or max(1, math.ceil(facts.train_images / params.batch_size))
-    epochs, budget = _budget(strategy, params, epochs or 4, steps_per_epoch)
+    epochs, budget = _budget(strategy, params, epochs or 4, steps_per_epoch, facts.modality)
     chosen = {
         "epochs": epochs,
         "learning_rate": params.learning_rate or rate,
@@ -212,21 +220,23 @@ def resolve(params, facts: Facts, score_flip: Callable[[], tuple[float, float] |
     return recipe
 
 
-def _budget(strategy: str, params, table_epochs: int, steps_per_epoch: int) -> tuple[int, str]:
+def _budget(strategy: str, params, table_epochs: int, steps_per_epoch: int, modality: str) -> tuple[int, str]:
     """(epochs, the decision line): the table's epochs, raised to reach finetune.min_steps; finetune.epochs wins."""
+    min_steps = MIN_STEPS[modality] if params.min_steps is None else params.min_steps
+    floor_name = f"finetune.min_steps {min_steps}" + (f" (the {modality} default)" if params.min_steps is None else "")
     if strategy == "head":
         return 0, "strategy head: no fine-tuning steps"
     if params.epochs:
         steps = params.epochs * steps_per_epoch
         return params.epochs, (f"{params.epochs} epochs x {steps_per_epoch} steps = {steps} steps: finetune.epochs "
-                               f"set in params.yaml wins (finetune.min_steps {params.min_steps} not applied)")
-    floor = math.ceil(params.min_steps / steps_per_epoch)
+                               f"set in params.yaml wins ({floor_name} not applied)")
+    floor = math.ceil(min_steps / steps_per_epoch)
     table = f"the case table's {table_epochs} epochs would give {table_epochs * steps_per_epoch}"
     if floor <= table_epochs:
         return table_epochs, (f"{table_epochs} epochs x {steps_per_epoch} steps = {table_epochs * steps_per_epoch} "
-                              f"steps: the case table's epochs already reach finetune.min_steps {params.min_steps}")
-    return floor, (f"{floor} epochs x {steps_per_epoch} steps = {floor * steps_per_epoch} steps >= finetune.min_steps "
-                   f"{params.min_steps}; {table}")
+                              f"steps: the case table's epochs already reach {floor_name}")
+    return floor, (f"{floor} epochs x {steps_per_epoch} steps = {floor * steps_per_epoch} steps >= {floor_name}; "
+                   f"{table}")
 
 
 def _decide_flip(flip: bool | None, score_flip, reasons: list[str]) -> bool:
