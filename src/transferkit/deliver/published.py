@@ -64,11 +64,16 @@ class ModelInfo:
         return info
 
 
-def text_model_info(classes: list[str], backbone: str, backbone_weights_sha256: str, settings) -> ModelInfo:
-    """The description of a text model read with `settings` (a bert.WindowSettings, or config.TextParams)."""
+def text_settings(settings) -> dict[str, int]:
+    """ModelInfo.text of `settings` (a bert.WindowSettings, or config.TextParams)."""
+    return {key: int(getattr(settings, key)) for key in TEXT_SETTINGS}
+
+
+def text_model_info(classes: list[str], backbone: str, backbone_weights_sha256: str, settings, **more) -> ModelInfo:
+    """The description of a text model read with `settings`; `more`: the other ModelInfo fields."""
     return ModelInfo(classes=list(classes), image_size=None, backbone=backbone,
                      backbone_weights_sha256=backbone_weights_sha256, input=TEXT_INPUT_DESCRIPTION, modality="text",
-                     text={key: int(getattr(settings, key)) for key in TEXT_SETTINGS})
+                     text=text_settings(settings), **more)
 
 
 def assemble(backbone, head, image_size: int | None):

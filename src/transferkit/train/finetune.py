@@ -66,7 +66,7 @@ from transferkit.config import BackboneParams, CompanionParams, FinetuneParams, 
 from transferkit.data.datasets import image_dataset
 from transferkit.data.manifest import classes_of, load_manifest, split_of
 from transferkit.data.texts import load_text
-from transferkit.deliver.published import TEXT_INPUT_DESCRIPTION, ModelInfo, assemble, save_published
+from transferkit.deliver.published import ModelInfo, assemble, save_published, text_model_info, text_settings
 from transferkit.embeddings.table import read_table
 from transferkit.errors import TransferkitError
 from transferkit.results import StageResult
@@ -174,8 +174,7 @@ class TextInputs:
 
     def info(self) -> dict:
         """What model.json records: the window settings and the tokenizer."""
-        return {"text": {"max_tokens": self.settings.max_tokens, "overlap": self.settings.overlap,
-                         "max_windows": self.settings.max_windows}, "tokenizer_sha256": self.tokenizer_sha256}
+        return {"text": text_settings(self.settings), "tokenizer_sha256": self.tokenizer_sha256}
 
     def tokenise(self, paths) -> list[list[list[int]]]:
         """Each file's windows of token ids (read once, kept in memory for every epoch)."""
@@ -362,9 +361,9 @@ def finetune(manifest_path: str | Path, embeddings_path: str | Path, head_path: 
         print(f"finetune: worker {cluster.index} done; the chief (worker 0) writes the model", flush=True)
         return result
     if text:
-        info = ModelInfo(classes=classes, image_size=None, backbone=backbone_params.name,
-                         backbone_weights_sha256=fingerprint, candidate=published, input=TEXT_INPUT_DESCRIPTION,
-                         modality="text", refit=result.refit, refit_steps=result.refit_steps, **text.info())
+        info = text_model_info(classes, backbone_params.name, fingerprint, text.settings, candidate=published,
+                               tokenizer_sha256=text.tokenizer_sha256, refit=result.refit,
+                               refit_steps=result.refit_steps)
     else:
         info = ModelInfo(classes=classes, image_size=backbone_params.image_size, backbone=backbone_params.name,
                          backbone_weights_sha256=fingerprint, candidate=published, refit=result.refit,
