@@ -14,6 +14,8 @@ import http.server
 import sys
 from pathlib import Path
 
+from transferkit.deliver.web import missing_page
+
 MIME_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
               ".json": "application/json", ".onnx": "application/octet-stream"}
 ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
@@ -37,9 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--isolated", action="store_true", help="send COOP/COEP: onnxruntime-web on several threads")
     args = parser.parse_args(argv)
     folder = Path(args.folder)
-    if not (folder / "index.html").is_file():
-        print(f"make web: {folder / 'index.html'} not found: run `make run` first (the export stage writes it for "
-              f"an image model; a text model has no browser page)", file=sys.stderr)
+    if problem := missing_page(folder):
+        print(f"make web: {problem}", file=sys.stderr)
         return 1
     handler = functools.partial(type("Page", (Handler,), {"isolated": args.isolated}), directory=str(folder))
     try:

@@ -122,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
     args = parser.parse_args(argv)
     web = Path(args.web)
-    if not (web / "index.html").is_file():
-        print(f"web-check: {web / 'index.html'} not found: run `make run` first (the export stage writes it for an "
-              f"image model)", file=sys.stderr)
+    from transferkit.deliver.web import folder_megabytes, missing_page
+
+    if problem := missing_page(web):
+        print(f"web-check: {problem}", file=sys.stderr)
         return 1
     sys.path.insert(0, str(REPO / "tests"))
     from transferkit.data.manifest import load_manifest, split_of
-    from transferkit.deliver.web import folder_megabytes
 
     from browser import CHROMEDRIVER, CHROMIUM, serve_folder, start_chromium
 

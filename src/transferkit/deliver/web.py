@@ -33,6 +33,15 @@ ORT_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
 SOURCE_MAP_PREFIX = b"//# sourceMappingURL="  # the module's last line names a .map file the folder does not hold
 
 
+def missing_page(folder: str | Path) -> str | None:
+    """Why `folder` holds no exported page, in one line, or None when it holds one."""
+    page = Path(folder) / "index.html"
+    if page.is_file():
+        return None
+    return (f"{page} not found: run `make run` first (the export stage writes it for an image model; a text model "
+            f"has no browser page)")
+
+
 def find_runtime(runtime: str | Path) -> Path:
     """onnxruntime-web's dist folder: `runtime` itself or, when relative and missing, the same path in the
     nearest parent folder that has it, as Node resolves node_modules. An experiment that `dvc exp run --queue`
