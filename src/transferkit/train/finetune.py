@@ -514,8 +514,8 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
             compile_finetune(trainer, make_optimizer(recipe, steps * recipe.epochs, depths, offset),
                              recipe.label_smoothing)
         compiled_for = recipe.blocks_at(epoch)
-        print(f"finetune: epoch {epoch}: {len(names)} blocks trainable ({', '.join(names)}), BatchNorm frozen",
-              flush=True)
+        frozen = "" if text is not None else ", BatchNorm frozen"  # a transformer has LayerNorm, trained in its block
+        print(f"finetune: epoch {epoch}: {len(names)} blocks trainable ({', '.join(names)}){frozen}", flush=True)
 
     last = ckpt.last_epoch()
     first = 0
