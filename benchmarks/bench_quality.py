@@ -237,16 +237,6 @@ def count_figure(accuracy: float, total: int) -> str:
     return f"{accuracy:.4f} ({lo:.4f}-{hi:.4f})"
 
 
-def evaluate_outputs(out: Path, name: str):
-    from dataclasses import fields
-
-    from transferkit.evaluate.evaluate import EvaluateOutputs
-
-    suffix = {"confusion_png": "png", "calibration_png": "png", "curves_png": "png"}
-    return EvaluateOutputs(**{f.name: out / f"{name}-{f.name}.{suffix.get(f.name, 'csv')}"
-                              for f in fields(EvaluateOutputs)})
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("fmnist", "digits", "mnist-heldout"), default="fmnist")
@@ -378,7 +368,7 @@ def main() -> None:
             published_info = dataclasses.replace(info, candidate=chosen)
             save_published(model, published_info, out / "published.keras", out / "published.json")
             scored = evaluate(out / "manifest.parquet", out / "published.keras", out / "published.json",
-                              evaluate_outputs(out, "published"), {}, params.evaluate, params.data.seed,
+                              common.evaluate_outputs(out, "published"), {}, params.evaluate, params.data.seed,
                               head_path=out / "head.keras", embeddings_path=out / "embeddings.npz")
             print("\n".join(f"evaluate: {line}" for line in scored.lines()), flush=True)
             evaluated = scored.summary
@@ -388,7 +378,7 @@ def main() -> None:
             pipeline_seconds = feature_seconds + finetune_seconds + companion_seconds + time.perf_counter() - start
             print("export:", "; ".join(exported.lines()), "| parity gate:",
                   "passed" if not exported.failures else "FAILED " + "; ".join(exported.failures), flush=True)
-            predictions = __import__("pandas").read_csv(evaluate_outputs(out, "published").predictions)
+            predictions = __import__("pandas").read_csv(common.evaluate_outputs(out, "published").predictions)
             correct = (predictions["actual"] == predictions["predicted"]).to_numpy()
             results["default pipeline (companion on)"] = (
                 correct, pipeline_seconds,
@@ -418,7 +408,7 @@ def main() -> None:
         # The baseline: evaluate's, of the same run.
         if evaluated is None and "auto" in arms:
             scored = evaluate(out / "manifest.parquet", out / "model.keras", out / "model.json",
-                              evaluate_outputs(out, "auto"), {}, params.evaluate, params.data.seed,
+                              common.evaluate_outputs(out, "auto"), {}, params.evaluate, params.data.seed,
                               head_path=out / "head.keras", embeddings_path=out / "embeddings.npz")
             print("\n".join(f"evaluate: {line}" for line in scored.lines()), flush=True)
             evaluated = scored.summary

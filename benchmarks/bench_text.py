@@ -384,7 +384,7 @@ def quality(args, params, raw: dict) -> None:
     from transferkit.data.prepare import prepare
     from transferkit.embeddings.extract import extract
     from transferkit.embeddings.table import read_table
-    from transferkit.evaluate.evaluate import EvaluateOutputs, evaluate
+    from transferkit.evaluate.evaluate import evaluate
     from transferkit.train.finetune import finetune
     from transferkit.train.train_head import train_head
 
@@ -423,8 +423,10 @@ def quality(args, params, raw: dict) -> None:
 
         manifest = load_manifest(out / "manifest.parquet")
         classes = classes_of(manifest)
-        measured = out / "extract_rate.json"  # the rate of the run that computed the embeddings (a rerun reuses them)
-        if extracted.windows and extracted.seconds and extracted.computed == extracted.distinct_images:
+        # The rate of the last run that computed embeddings (a rerun reuses them; a resumed run computed the rest:
+        # its windows and seconds are those of what it computed).
+        measured = out / "extract_rate.json"
+        if extracted.windows and extracted.seconds and extracted.computed:
             measured.write_text(json.dumps({"documents": extracted.computed, "windows": extracted.windows,
                                             "seconds": extracted.seconds, "load": os.getloadavg()}))
         rate = None
@@ -470,9 +472,7 @@ def quality(args, params, raw: dict) -> None:
             print(f"finetune: {json.dumps({k: v for k, v in summary.metrics_file().items() if k != 'recipe'})}",
                   flush=True)
             start = time.perf_counter()
-            outputs = EvaluateOutputs(**{name: out / f"eval-{name}.{ext}" for name, ext in (
-                ("confusion_csv", "csv"), ("predictions", "csv"), ("errors", "csv"), ("confusion_png", "png"),
-                ("calibration_png", "png"), ("curves_png", "png"))})
+            outputs = common.evaluate_outputs(out, "eval")
             evaluate_params = params.evaluate.model_copy(update={"baseline": False})  # fitted above, uncapped
             report = evaluate(out / "manifest.parquet", out / "model.keras", out / "model.json", outputs, {},
                               evaluate_params, seed).summary

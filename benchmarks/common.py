@@ -136,3 +136,14 @@ def ratio_line(name: str, value: float, target: str, met: bool | None) -> None:
     verdict = "" if met is None else ("met" if met else "NOT met")
     sys.stdout.flush()
     print(f"RATIO {name} = {value:.3f}  (target {target}{': ' + verdict if verdict else ''})", flush=True)
+
+
+def evaluate_outputs(out: Path, name: str):
+    """evaluate's output files, every one of them, as `<out>/<name>-<field>.<csv|png|html>`."""
+    from dataclasses import fields
+
+    from transferkit.evaluate.evaluate import EvaluateOutputs
+
+    suffix = {"confusion_png": "png", "calibration_png": "png", "curves_png": "png", "errors_html": "html"}
+    return EvaluateOutputs(**{f.name: out / f"{name}-{f.name}.{suffix.get(f.name, 'csv')}"
+                              for f in fields(EvaluateOutputs)})
