@@ -211,4 +211,4 @@ def test_make_web_serves_the_folder_as_a_module_page_needs(web_exported, capsys)
         server.shutdown()
         server.server_close()
     assert serve_web.main([str(web.parent / "nowhere")]) == 1
-    assert "index.html not found: run `make run` first" in capsys.readouterr().err
+    assert "index.html not found: the export stage writes it for an image model only" in capsys.readouterr().err

@@ -38,8 +38,8 @@ def missing_page(folder: str | Path) -> str | None:
     page = Path(folder) / "index.html"
     if page.is_file():
         return None
-    return (f"{page} not found: run `make run` first (the export stage writes it for an image model; a text model "
-            f"has no browser page)")
+    return (f"{page} not found: the export stage writes it for an image model only: run `make run` (or, after a "
+            f"text run, `git checkout params.yaml && .venv/bin/dvc repro`)")
 
 
 def find_runtime(runtime: str | Path) -> Path:

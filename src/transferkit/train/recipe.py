@@ -19,7 +19,9 @@ The budget: the table's epochs are a floor. A fine-tune gets at least
 max(table epochs, ceil(min_steps / steps per epoch)), so 500 images get as
 many steps as 5,000 (the table's epochs alone give a tenth). Sets large
 enough for the table's epochs to pass the floor are not slowed: it is a
-floor, never a cap. An explicit `finetune.epochs` wins over both. Early
+floor, never a cap. Left null, min_steps is MIN_STEPS by modality (800
+image steps, 400 text steps); a number applies to both. An explicit
+`finetune.epochs` wins over both. Early
 stopping waits half the planned epochs (at least 3) unless
 `finetune.patience` is set: with a patience of 3 the longer runs stopped
 while the cosine schedule still had a high rate and published worse epochs.
@@ -73,9 +75,9 @@ FLIP_TOLERANCE = 0.03  # a flip that costs the head more val accuracy than this 
 PATIENCE_SHARE = 0.5
 MIN_PATIENCE = 3  # epochs: what the case table's 4-6 epoch budgets used before the step floor
 # finetune.min_steps null: the step floor by modality. Images: 800, measured (issue 20: digits, the sample).
-# Texts: half that. A text step (32 windows of up to 256 tokens through a transformer) costs 10-50x an image
-# step on 2 CPU cores, so 800 of them took 40-60 min on small sets where the case table's 3 epochs take 3-10;
-# on AFINN the 816-step run published epoch 9 of 16 (about 460 steps) and bought 1.8 points over the head.
+# Texts: half that. A text step (32 windows of up to 256 tokens through a transformer) costs several image
+# steps on 2 CPU cores (sotu's 150-token passages: 2.6 s a step, the sample's 160 px images: 0.53 s; full
+# 256-token windows cost more), and the 816-step run on AFINN published epoch 9 of 16 (about 460 steps).
 # benchmarks/README.md "What auto costs on text" has the measurements.
 MIN_STEPS = {"image": 800, "text": 400}
 
