@@ -173,7 +173,8 @@ class TextInputs:
         return cls(family, family.load_tokenizer(path), settings, family.tokenizer_fingerprint(path))
 
     def info(self) -> dict:
-        """What model.json records: the window settings and the tokenizer."""
+        """The window settings and the tokenizer, as model.json records them: part of the fine-tune's checkpoint
+        fingerprint (the model's description itself is published.text_model_info's)."""
         return {"text": text_settings(self.settings), "tokenizer_sha256": self.tokenizer_sha256}
 
     def tokenise(self, paths) -> list[list[list[int]]]:
