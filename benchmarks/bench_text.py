@@ -300,8 +300,9 @@ def plan_auto(manifest, head_val_accuracy: float | None, params, windows_per_sec
             "steps_per_epoch": steps_per_epoch, "steps": recipe.steps, "train_windows": train_windows,
             "val_windows": val_windows, "windows_read": read,
             "forward_minutes": round(read / windows_per_second / 60, 1) if windows_per_second else None}
-    print(f"auto would run: {json.dumps(plan)} (forward_minutes: the windows read at extract's "
-          f"{windows_per_second or float('nan'):.1f} windows/s; training adds a backward pass)", flush=True)
+    why = (f"the windows read at extract's {windows_per_second:.1f} windows/s; training adds a backward pass"
+           if windows_per_second else "unknown: extract computed no window in this run")
+    print(f"auto would run: {json.dumps(plan)} (forward_minutes: {why})", flush=True)
     return plan
 
 
