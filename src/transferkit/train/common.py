@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,43 @@ def nan_guard(stage: str, learning_rate_key: str):
                     f"written. Lower {learning_rate_key} in params.yaml and rerun.")
 
     return _Guard()
+
+
+def step_progress(stage: str, epochs: int, steps: int, val_steps: int | None, interval: float = 60.0):
+    """A Keras callback printing where an epoch is, at most every `interval` seconds: a text epoch can take an
+    hour on CPU, and Keras' one line an epoch (verbose=2) says nothing until it ends. Silent at an epoch's or
+    val pass's last batch, where the epoch line follows."""
+    import keras
+
+    from transferkit.progress import Progress
+
+    class _Steps(keras.callbacks.Callback):
+        progress = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.progress = Progress(steps, f"{stage}: epoch {epoch + 1}/{epochs}", unit="steps",
+                                     interval=interval, stream=sys.stdout)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.tick(self.progress, batch)
+
+        def on_test_begin(self, logs=None):
+            label = self.progress.label if self.progress else stage
+            self.val = Progress(val_steps or 0, f"{label}: val", unit="batches", interval=interval,
+                                stream=sys.stdout)
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.tick(self.val, batch)
+
+        @staticmethod
+        def tick(progress, batch):
+            progress.done = batch + 1
+            now = time.perf_counter()
+            if progress.done < progress.total and now - progress.last_print >= interval:
+                progress.last_print = now
+                print(progress.line(), flush=True)
+
+    return _Steps()
 
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]

@@ -74,7 +74,7 @@ from transferkit.seeding import pin_threads, seed_everything
 from transferkit.train import candidates, distributed
 from transferkit.train.blocks import block_groups, depth_of_variables, set_trainable_blocks
 from transferkit.train.checkpoints import Checkpointer, run_fingerprint
-from transferkit.train.common import nan_guard, write_history
+from transferkit.train.common import nan_guard, step_progress, write_history
 from transferkit.train.companion import refit_companion
 from transferkit.train.optimizers import compile_finetune, make_optimizer
 from transferkit.train.recipe import Facts, Recipe, resolve
@@ -487,8 +487,9 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
             trainer = keras.Model(inputs, model(inputs), name="trainer")
         train_batches = WindowBatches(text.tokenise(train["path"]), train["label_index"], n_classes, batch_size, seed)
         train_ds = train_batches.dataset()
-        val_ds = WindowBatches(text.tokenise(val["path"]), val["label_index"], n_classes, batch_size).dataset() \
+        val_batches = WindowBatches(text.tokenise(val["path"]), val["label_index"], n_classes, batch_size) \
             if len(val) else None
+        val_ds = val_batches.dataset() if val_batches else None
     else:
         with distributed.scope(strategy):
             inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
@@ -526,7 +527,9 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
             first = ckpt.resume(trainer)
     if distributed.uses_own_loop(strategy):
         distributed.check_same_run(strategy, ckpt.fingerprint, first)
-    callbacks = [nan_guard("finetune", "finetune.learning_rate"), ckpt.callback()]
+    val_steps = (len(val_batches) if text is not None else math.ceil(len(val) / batch_size)) if len(val) else None
+    callbacks = [nan_guard("finetune", "finetune.learning_rate"), ckpt.callback(),
+                 step_progress("finetune", stop or recipe.epochs, steps, val_steps)]
     if tracker is not None:
         callbacks.append(tracker.keras_callback())
     epoch = first
