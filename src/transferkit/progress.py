@@ -7,10 +7,12 @@ import time
 
 
 class Progress:
-    """Prints at most every `interval` seconds (and at the end) to stderr."""
+    """Prints at most every `interval` seconds (and at the end, unless `final` is False: where another line
+    follows, such as Keras' epoch line) to stderr."""
 
-    def __init__(self, total: int, label: str, unit: str = "images", interval: float = 2.0, stream=None):
-        self.total, self.label, self.unit, self.interval = total, label, unit, interval
+    def __init__(self, total: int, label: str, unit: str = "images", interval: float = 2.0, stream=None,
+                 final: bool = True):
+        self.total, self.label, self.unit, self.interval, self.final = total, label, unit, interval, final
         self.stream = stream or sys.stderr
         self.done = 0
         self.start = self.last_print = time.perf_counter()
@@ -23,7 +25,8 @@ class Progress:
     def update(self, n: int) -> None:
         self.done += n
         now = time.perf_counter()
-        if now - self.last_print >= self.interval or self.done >= self.total:
+        at_end = self.done >= self.total
+        if (self.final and at_end) or (not at_end and now - self.last_print >= self.interval):
             self.last_print = now
             self.stream.write(self.line() + "\n")
             self.stream.flush()

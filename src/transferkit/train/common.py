@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -65,26 +64,18 @@ def step_progress(stage: str, epochs: int, steps: int, val_steps: int | None, in
 
         def on_epoch_begin(self, epoch, logs=None):
             self.progress = Progress(steps, f"{stage}: epoch {epoch + 1}/{epochs}", unit="steps",
-                                     interval=interval, stream=sys.stdout)
+                                     interval=interval, stream=sys.stdout, final=False)
 
         def on_train_batch_end(self, batch, logs=None):
-            self.tick(self.progress, batch)
+            self.progress.update(1)
 
         def on_test_begin(self, logs=None):
             label = self.progress.label if self.progress else stage
             self.val = Progress(val_steps or 0, f"{label}: val", unit="batches", interval=interval,
-                                stream=sys.stdout)
+                                stream=sys.stdout, final=False)
 
         def on_test_batch_end(self, batch, logs=None):
-            self.tick(self.val, batch)
-
-        @staticmethod
-        def tick(progress, batch):
-            progress.done = batch + 1
-            now = time.perf_counter()
-            if progress.done < progress.total and now - progress.last_print >= interval:
-                progress.last_print = now
-                print(progress.line(), flush=True)
+            self.val.update(1)
 
     return _Steps()
 

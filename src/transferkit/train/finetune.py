@@ -489,7 +489,7 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
         train_ds = train_batches.dataset()
         val_batches = WindowBatches(text.tokenise(val["path"]), val["label_index"], n_classes, batch_size) \
             if len(val) else None
-        val_ds = val_batches.dataset() if val_batches else None
+        val_ds, val_steps = (val_batches.dataset(), len(val_batches)) if val_batches else (None, None)
     else:
         with distributed.scope(strategy):
             inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
@@ -503,6 +503,7 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
                                  shuffle_seed=seed).map(as_float)
         val_ds = image_dataset(val["path"], image_size, batch_size, val["label_index"]).map(as_float) \
             if len(val) else None
+        val_steps = math.ceil(len(val) / batch_size) if len(val) else None
     steps = recipe.steps_per_epoch
     depths = depth_of_variables(backbone)
     compiled_for = None  # the trainable blocks `trainer` was last compiled for
@@ -527,7 +528,6 @@ def _train(model, backbone, recipe: Recipe, train, val, n_classes: int, image_si
             first = ckpt.resume(trainer)
     if distributed.uses_own_loop(strategy):
         distributed.check_same_run(strategy, ckpt.fingerprint, first)
-    val_steps = (len(val_batches) if text is not None else math.ceil(len(val) / batch_size)) if len(val) else None
     callbacks = [nan_guard("finetune", "finetune.learning_rate"), ckpt.callback(),
                  step_progress("finetune", stop or recipe.epochs, steps, val_steps)]
     if tracker is not None:
