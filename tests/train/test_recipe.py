@@ -70,18 +70,18 @@ def test_phase_end_is_the_epoch_count_keras_prints_for_each_fit():
 
 
 @pytest.mark.parametrize("train_images, epochs, steps", [
-    (1169, 22, 814),  # a glyph set: 37 steps an epoch, the table's 6 epochs give 222
+    (1169, 22, 814),  # a glyph set: 37 steps an epoch, the table's 12 epochs give 444
     (520, 48, 816),  # the sample: 17 steps an epoch
     (10, 800, 800),  # one step an epoch: the floor still holds
-    (5100, 6, 960),  # Fashion-MNIST 10%: 160 steps an epoch, the table's 6 epochs already pass the floor
+    (5100, 12, 1920),  # Fashion-MNIST 10%: 160 steps an epoch, the table's 12 epochs already pass the floor
 ])
 def test_the_step_floor_raises_the_epochs_of_small_sets_only(train_images, epochs, steps):
     recipe = resolve(FinetuneParams(min_steps=800, flip=False), Facts(100, 0.5, 18, train_images), no_flip_score)
     assert recipe.case == "small_different" and (recipe.epochs, recipe.steps) == (epochs, steps)
     assert recipe.steps == recipe.epochs * recipe.steps_per_epoch >= 800
     assert f"= {steps} steps" in recipe.budget and f"budget: {recipe.budget}" in recipe.reasons
-    if epochs > 6:
-        assert f">= finetune.min_steps 800; the case table's 6 epochs would give {6 * recipe.steps_per_epoch}" \
+    if epochs > 12:
+        assert f">= finetune.min_steps 800; the case table's 12 epochs would give {12 * recipe.steps_per_epoch}" \
             in recipe.budget
 
 
@@ -89,7 +89,7 @@ def test_the_step_floor_yields_to_explicit_epochs_and_to_zero():
     explicit = resolve(FinetuneParams(min_steps=800, epochs=2, flip=False), Facts(100, 0.5, 18, 520), no_flip_score)
     assert (explicit.epochs, explicit.steps) == (2, 34) and "set in params.yaml wins" in explicit.budget
     off = resolve(FinetuneParams(min_steps=0, flip=False), Facts(100, 0.5, 18, 520), no_flip_score)
-    assert (off.epochs, off.steps) == (6, 102)
+    assert (off.epochs, off.steps) == (12, 204)
     head = resolve(FinetuneParams(min_steps=800, flip=False), Facts(50, 0.99, 18, 150), no_flip_score)
     assert (head.strategy, head.epochs, head.steps) == ("head", 0, 0)
 
@@ -102,7 +102,7 @@ def test_the_step_floor_left_null_is_800_image_steps_or_400_text_steps(modality,
     assert f">= finetune.min_steps {floor} (the {modality} default)" in recipe.budget
 
 
-@pytest.mark.parametrize("min_steps, patience, expected", [(0, None, 3), (800, None, 24), (800, 5, 5)])
+@pytest.mark.parametrize("min_steps, patience, expected", [(0, None, 6), (800, None, 24), (800, 5, 5)])
 def test_early_stopping_waits_half_the_planned_epochs_unless_set(min_steps, patience, expected):
     recipe = resolve(FinetuneParams(min_steps=min_steps, patience=patience, flip=False), Facts(100, 0.5, 18, 520),
                      no_flip_score)

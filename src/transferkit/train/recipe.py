@@ -10,7 +10,7 @@ data falls in (the README shows the same table):
 | case (per class, head val accuracy) | strategy | blocks      | epochs | rate | layer decay |
 |-------------------------------------|----------|-------------|--------|------|-------------|
 | small (< 1000) and similar (>= 0.95) | head     | none        | 0      |      |             |
-| small and different (< 0.95)         | top      | 2/3 of them | 6      | 5e-4 | 0.80        |
+| small and different (< 0.95)         | top      | 2/3 of them | 12     | 5e-4 | 0.80        |
 | large (>= 1000) and similar          | top      | 1/3 of them | 4      | 2e-4 | 0.90        |
 | large and different                  | full     | all         | 4      | 5e-4 | 0.85        |
 
@@ -84,7 +84,10 @@ MIN_STEPS = {"image": 800, "text": 400}
 CASES = {
     # case: (strategy, share of blocks, epochs, learning rate, layer decay)
     "small_similar": ("head", 0.0, 0, 5e-4, 0.8),
-    "small_different": ("top", 2 / 3, 6, 5e-4, 0.8),
+    # 12 epochs, not 6 (issue 20, Fashion-MNIST 10%, 160 steps an epoch): the fine-tuned model +0.76 points on
+    # test and the published ensemble +0.63 (paired intervals above zero), val still at its best in the last
+    # epoch. Smaller sets are ruled by the step floor, so only sets of about 4,000+ train images see the change.
+    "small_different": ("top", 2 / 3, 12, 5e-4, 0.8),
     "large_similar": ("top", 1 / 3, 4, 2e-4, 0.9),
     "large_different": ("full", 1.0, 4, 5e-4, 0.85),
 }
